@@ -1,0 +1,85 @@
+"""Server frames the bridge makes itself: WebSocket framing, error frames, synthetic responses."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+from typing import Any
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (server to client), per RFC 6455 5.2."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81" + bytes((n,)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + struct.pack("!H", n) + payload
+    return b"\x81\x7f" + struct.pack("!Q", n) + payload
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON as UTF-8, the way OpenAI's events look on the wire."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_frame(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    error_type: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    error: dict[str, Any] | None = None,
+) -> bytes:
+    """The error event Codex understands: {"type":"error","status":N,"error":{...},"headers":{...}}."""
+    if error is None:
+        error = {
+            "type": error_type or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "code": code,
+            "message": message,
+            "param": param,
+        }
+    return dumps({"type": "error", "status": status, "error": error, "headers": headers or {}})
+
+
+def new_response_id() -> str:
+    return "resp_cb_" + uuid.uuid4().hex
+
+
+def synthetic_prewarm(body: dict[str, Any], response_id: str) -> list[bytes]:
+    """response.created + response.completed with empty output, for `generate: false`."""
+    base = {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": body.get("model"),
+        "output": [],
+    }
+    created = {"type": "response.created", "sequence_number": 0, "response": {**base, "status": "in_progress"}}
+    usage = {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 0,
+    }
+    completed = {
+        "type": "response.completed",
+        "sequence_number": 1,
+        "response": {**base, "status": "completed", "usage": usage},
+    }
+    return [dumps(created), dumps(completed)]
