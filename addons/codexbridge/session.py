@@ -106,6 +106,10 @@ class BridgeSession:
             prepared = self.conversation.prepare(frame)
         except ClientFrameError as e:
             return [self._client_error(e)]
+        log.debug(
+            "stage=response_create previous_response_id=%s new_items=%d full_items=%d generate=%s",
+            prepared.previous_response_id, len(frame.get("input") or []), len(prepared.full_input), prepared.generate,
+        )
         if not prepared.generate:
             response_id = new_response_id()
             self.conversation.remember(response_id, prepared.full_input)

@@ -1,0 +1,154 @@
+"""The `codexbridge` command line: run the bridge, run the demo upstream."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
+
+from . import __version__
+
+console = Console(stderr=True)
+
+
+def entry_script() -> Path:
+    """addons/bridge.py beside the package (the project installs itself editable)."""
+    path = Path(__file__).resolve().parent.parent / "bridge.py"
+    if not path.exists():
+        raise SystemExit(f"cannot find the mitmdump entry script next to the package ({path})")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def codex_config(base_url: str) -> str:
+    return (
+        'model = "gpt-5.5"\n'
+        'model_provider = "codexbridge"\n\n'
+        "[model_providers.codexbridge]\n"
+        'name = "codexbridge"\n'
+        f'base_url = "{base_url}"\n'
+        'env_key = "OPENAI_API_KEY"\n'
+        'wire_api = "responses"\n'
+        "supports_websockets = true\n"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    bin_dir = Path(sys.executable).parent
+    children: list[subprocess.Popen[bytes]] = []
+    upstream = args.upstream
+    if not upstream:
+        demo_port = free_port()
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "codexbridge.mock_upstream", "--host", "127.0.0.1", "--port", str(demo_port)]
+            )
+        )
+        if not wait_for_port("127.0.0.1", demo_port):
+            console.print("[red]the demo upstream did not start[/red]")
+            return 1
+        upstream = f"http://127.0.0.1:{demo_port}"
+    mitmdump = str(bin_dir / "mitmdump")
+    cmd = [
+        mitmdump, "-s", str(entry_script()),
+        "--mode", f"reverse:{upstream}",
+        "--listen-host", args.host, "--listen-port", str(args.port),
+        "--set", "connection_strategy=lazy",
+        *(["-q"] if args.quiet else []),
+        *sum((["--set", s] for s in args.set or []), []),
+    ]
+    children.append(subprocess.Popen(cmd))
+    try:
+        if not wait_for_port(args.host if args.host != "0.0.0.0" else "127.0.0.1", args.port):
+            console.print("[red]mitmdump did not start; see its output above[/red]")
+            return 1
+        base_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/v1"
+        what = "the embedded demo upstream (no API key needed)" if not args.upstream else upstream
+        console.print(
+            Panel.fit(
+                f"codexbridge {__version__} listening on [bold]{base_url}[/bold], bridging to {what}.\n"
+                "Point Codex at it with this $CODEX_HOME/config.toml, then run e.g.\n"
+                "[bold]OPENAI_API_KEY=sk-anything codex exec --skip-git-repo-check \"say hi\"[/bold]",
+                title="codexbridge",
+            )
+        )
+        console.print(Syntax(codex_config(base_url), "toml", theme="ansi_dark"))
+        while all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        return next((c.returncode for c in children if c.returncode), 0) or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for c in reversed(children):
+            if c.poll() is None:
+                c.send_signal(signal.SIGINT)
+        for c in reversed(children):
+            try:
+                c.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                c.kill()
+
+
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    from .mock_upstream import main as upstream_main
+
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.log_requests:
+        argv += ["--log-requests", args.log_requests]
+    upstream_main(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codexbridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"codexbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Run mitmdump with the bridge in reverse mode (demo upstream if none is given).")
+    run.add_argument("--upstream", help="The gateway to bridge to, e.g. https://gateway.example (default: embedded demo).")
+    run.add_argument("--host", default=os.environ.get("CODEXBRIDGE_HOST", "127.0.0.1"), help="Listen address.")
+    run.add_argument("--port", type=int, default=int(os.environ.get("CODEXBRIDGE_PORT", "8080")), help="Listen port.")
+    run.add_argument("--set", action="append", metavar="OPTION=VALUE", help="A mitmproxy/codexbridge option, repeatable.")
+    run.add_argument("-q", "--quiet", action="store_true", help="Hide mitmdump's per-flow output.")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo-upstream", help="Run the demo SSE-only Responses upstream on its own.")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=18080)
+    demo.add_argument("--log-requests", help="Append every received request as a JSON line to this file.")
+    demo.set_defaults(func=cmd_demo_upstream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
