@@ -5,19 +5,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.websocket import WebSocketData
 
 from . import mitm
 from .frames import dumps
+from .keepalive import KeepalivePolicy
 from .session import BridgeSession, SessionConfig
 from .upstream import UpstreamPool, UpstreamSettings
 
 log = logging.getLogger("codexbridge")
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MODES = ("bridge", "reject", "off")
+MODES = ("bridge", "passthrough", "auto", "reject", "off")
+REFUSALS = (404, 405, 426)
 ON_DISCONNECT = ("cancel", "drain")
 
 
@@ -40,13 +44,18 @@ class CodexBridge:
     def __init__(self) -> None:
         self.pool = UpstreamPool()
         self.sessions: set[BridgeSession] = set()
+        self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
 
     def load(self, loader) -> None:
         loader.add_option(
             "codexbridge_mode", str, "bridge",
             "What to do with a WebSocket upgrade on the bridged path. 'bridge' answers it at the proxy "
-            "and turns each response.create into a streaming POST to the upstream; 'reject' answers 426 "
-            "at once, so Codex falls back to HTTP after a single attempt; 'off' leaves all traffic alone.",
+            "and turns each response.create into a streaming POST to the upstream; 'passthrough' relays "
+            "it to an upstream that speaks the WebSocket mode itself, adding the downstream keepalive; "
+            "'auto' tries the upstream's upgrade first and bridges when the upstream refuses it "
+            "(404/405/426), remembering the answer per upstream for codexbridge_auto_ttl seconds; "
+            "'reject' answers 426 at once, so Codex falls back to HTTP after a single attempt; 'off' "
+            "leaves all traffic alone.",
             choices=MODES,
         )
         loader.add_option(
@@ -80,6 +89,27 @@ class CodexBridge:
             "the oldest is forgotten first, and continuing it yields previous_response_not_found.",
         )
         loader.add_option(
+            "codexbridge_ping_interval", int, 20,
+            "Seconds without any write to a WebSocket client after which the proxy sends it a Ping, "
+            "starting after the first frame sent to it; 0 disables pings. Keeps idle-sensitive proxies "
+            "(nginx proxy_read_timeout, CDNs) from closing a long silent turn.",
+        )
+        loader.add_option(
+            "codexbridge_ping_timeout", int, 5,
+            "Seconds to wait for the Pong answering our Ping; without it the client is closed with 1011 "
+            "and the upstream is handled per codexbridge_on_disconnect. Must be below codexbridge_ping_interval.",
+        )
+        loader.add_option(
+            "codexbridge_text_keepalive", int, 0,
+            "Seconds of upstream silence during a response after which the proxy sends the client the text "
+            "frame {\"type\":\"keepalive\"}, which Codex ignores but counts as activity for its own idle "
+            "timeout (a Ping does not reset that timer); 0 disables it.",
+        )
+        loader.add_option(
+            "codexbridge_auto_ttl", int, 3600,
+            "In auto mode, seconds to remember whether an upstream accepted or refused the WebSocket upgrade.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -90,7 +120,18 @@ class CodexBridge:
         opts = ctx.options
         if "codexbridge_path" in updated and not opts.codexbridge_path.startswith("/"):
             raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
-        for name in ("codexbridge_connect_timeout", "codexbridge_read_timeout", "codexbridge_max_stored_responses"):
+        if {"codexbridge_ping_interval", "codexbridge_ping_timeout"} & updated:
+            interval, timeout = opts.codexbridge_ping_interval, opts.codexbridge_ping_timeout
+            if interval < 0 or timeout < 1:
+                raise exceptions.OptionsError("codexbridge_ping_interval must be >= 0 and codexbridge_ping_timeout >= 1.")
+            if interval and timeout >= interval:
+                raise exceptions.OptionsError(
+                    f"codexbridge_ping_timeout ({timeout}) must be below codexbridge_ping_interval ({interval})."
+                )
+        if "codexbridge_text_keepalive" in updated and opts.codexbridge_text_keepalive < 0:
+            raise exceptions.OptionsError("codexbridge_text_keepalive must be 0 (off) or positive.")
+        for name in ("codexbridge_connect_timeout", "codexbridge_read_timeout", "codexbridge_max_stored_responses",
+                     "codexbridge_auto_ttl"):
             if name in updated and getattr(opts, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1.")
         if "codexbridge_max_frame_bytes" in updated and opts.codexbridge_max_frame_bytes < 0:
@@ -124,15 +165,23 @@ class CodexBridge:
             return flow.request.url
         return flow.request.pretty_url
 
+    @staticmethod
+    def keepalive_policy() -> KeepalivePolicy:
+        opts = ctx.options
+        return KeepalivePolicy(
+            float(opts.codexbridge_ping_interval), float(opts.codexbridge_ping_timeout), float(opts.codexbridge_text_keepalive)
+        )
+
     def request(self, flow: http.HTTPFlow) -> None:
         opts = ctx.options
-        if opts.codexbridge_mode == "off" or flow.response is not None:
+        mode = opts.codexbridge_mode
+        if mode == "off" or flow.response is not None:
             return
         if not is_websocket_upgrade(flow.request):
             return
         if urlsplit(flow.request.path).path.rstrip("/") != opts.codexbridge_path.rstrip("/"):
             return
-        if opts.codexbridge_mode == "reject":
+        if mode == "reject":
             flow.response = http.Response.make(
                 426,
                 dumps({"error": {"type": "invalid_request_error", "code": "websocket_not_supported",
@@ -141,6 +190,28 @@ class CodexBridge:
             )
             flow.metadata["codexbridge"] = {"mode": "reject"}
             return
+        if mode == "auto":
+            known = self.ws_support.get(self.upstream_key(flow))
+            if known is not None and known[1] > time.monotonic():
+                mode = "passthrough" if known[0] else "bridge"
+            else:
+                flow.metadata["codexbridge"] = {"mode": "auto"}
+                mode = "passthrough"
+        if mode == "passthrough":
+            mitm.plan_flow(flow, mitm.FlowPlan(keepalive=self.keepalive_policy(),
+                                               drain=opts.codexbridge_on_disconnect == "drain"))
+            flow.metadata.setdefault("codexbridge", {"mode": "passthrough"})
+            return
+        self.bridge(flow)
+
+    @staticmethod
+    def upstream_key(flow: http.HTTPFlow) -> str:
+        r = flow.request
+        return f"{r.scheme}://{r.pretty_host}:{r.port}"
+
+    def bridge(self, flow: http.HTTPFlow) -> None:
+        """Answers the upgrade with a synthetic 101 and attaches a bridge session to the flow."""
+        opts = ctx.options
         key = flow.request.headers.get("sec-websocket-key", "")
         if flow.request.headers.get("sec-websocket-version", "") != "13" or not key:
             flow.response = http.Response.make(
@@ -163,13 +234,40 @@ class CodexBridge:
         session = BridgeSession(config, list(flow.request.headers.items(multi=True)), channel, self.pool)
         self.sessions.add(session)
         session.closed_callback = self.sessions.discard
-        mitm.bridge_flow(flow, session)
+        mitm.plan_flow(flow, mitm.FlowPlan(hooks=session, keepalive=self.keepalive_policy(), channel=channel))
         flow.metadata["codexbridge"] = {"mode": "bridge", "upstream": upstream}
         flow.response = http.Response.make(
             101,
             b"",
             {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_key(key)},
         )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get("codexbridge")
+        if not meta or meta.get("mode") not in ("auto", "passthrough") or flow.response is None:
+            return
+        status = flow.response.status_code
+        if meta["mode"] == "auto":
+            accepted = status == 101
+            if accepted or status in REFUSALS:
+                until = time.monotonic() + ctx.options.codexbridge_auto_ttl
+                self.ws_support[self.upstream_key(flow)] = (accepted, until)
+                log.info("stage=auto_probe upstream=%s websocket=%s status=%d", self.upstream_key(flow),
+                         "yes" if accepted else "no", status)
+            if status in REFUSALS:
+                mitm.forget_flow(flow)
+                refusal, flow.response = flow.response, None
+                self.bridge(flow)
+                if flow.response is None:
+                    flow.response = refusal
+                if flow.response is not None and flow.response.status_code == 101:
+                    flow.websocket = WebSocketData()  # mitmproxy decided before this hook that it was not one
+                return
+        if status != 101:
+            mitm.forget_flow(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        mitm.forget_flow(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response

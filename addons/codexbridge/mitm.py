@@ -1,4 +1,4 @@
-"""The one module that touches mitmproxy internals: a WebSocket layer that serves bridged flows.
+"""The one module that touches mitmproxy internals: a WebSocket layer for bridging and keepalive.
 
 mitmproxy has no public API to answer a WebSocket at the proxy, send a Ping, see a Pong, or
 send many frames in one pass. This module subclasses the stock WebsocketLayer, installs it by
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from mitmproxy.proxy.utils import expect
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from .conversation import ClientFrameError
+from .conversation import TERMINAL_EVENTS, ClientFrameError
 from .frames import encode_text_frame
+from .keepalive import TEXT_KEEPALIVE_FRAME, Action, KeepalivePolicy, KeepaliveState
 
 log = logging.getLogger("codexbridge.mitm")
 
@@ -68,7 +70,7 @@ _check_internals()
 
 @dataclass
 class BridgeInjected(ws_layers.WebSocketMessageInjected):
-    """Frames, a ping or a close for a bridged client, sent in one pass through the layers."""
+    """Frames, a ping or a close for a client, sent in one pass through the layers."""
 
     frames: list[bytes] = field(default_factory=list)
     synthetic: bool = False
@@ -83,49 +85,172 @@ class BridgeHooks(Protocol):
 
     def on_client_text(self, text: str) -> list[bytes]: ...
     def on_client_error(self, error: ClientFrameError) -> list[bytes]: ...
-    def on_client_pong(self, payload: bytes) -> None: ...
     def on_client_closed(self) -> None: ...
 
 
-_bridged: dict[str, BridgeHooks] = {}
+@dataclass(slots=True)
+class FlowPlan:
+    """What the addon decided for one WebSocket flow before its layer exists."""
+
+    hooks: BridgeHooks | None = None  # None: relay to the upstream (passthrough)
+    keepalive: KeepalivePolicy | None = None
+    drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
+    channel: MitmChannel | None = None
 
 
-def bridge_flow(flow: http.HTTPFlow, hooks: BridgeHooks) -> None:
-    """Marks an upgrade flow (whose 101 the addon set) as served by the bridge."""
-    _bridged[flow.id] = hooks
+_plans: dict[str, FlowPlan] = {}
+
+
+def plan_flow(flow: http.HTTPFlow, plan: FlowPlan) -> None:
+    """Registers how the layer of this upgrade flow must behave (bridge and/or keepalive)."""
+    _plans[flow.id] = plan
+
+
+def forget_flow(flow: http.HTTPFlow) -> None:
+    _plans.pop(flow.id, None)
 
 
 def _placeholder() -> WebSocketMessage:
     return WebSocketMessage(Opcode.TEXT, False, b"")
 
 
-class CodexWebsocketLayer(ws_layers.WebsocketLayer):
-    """The stock layer for ordinary WebSocket flows; a local server for bridged ones."""
+class ClientWebsocket(ws_layers.WebsocketConnection):
+    """The client side of a flow: notes every write for the keepalive and consumes our pongs."""
 
-    hooks: BridgeHooks | None
+    keepalive: KeepaliveDriver | None = None
+
+    def send2(self, event: wse.Event) -> commands.SendData:
+        command = super().send2(event)
+        if self.keepalive is not None:
+            self.keepalive.wrote(isinstance(event, wse.Message), len(command.data))
+        return command
+
+    def events(self):  # type: ignore[override]
+        for ws_event in super().events():
+            if isinstance(ws_event, wse.Pong) and self.keepalive is not None and self.keepalive.pong(bytes(ws_event.payload)):
+                continue
+            yield ws_event
+
+
+class CodexWebsocketLayer(ws_layers.WebsocketLayer):
+    """The stock relay, plus keepalive, for ordinary flows; a local server for bridged ones."""
 
     def __init__(self, context: Context, flow: http.HTTPFlow):
         super().__init__(context, flow)
-        self.hooks = _bridged.pop(flow.id, None)
+        self.plan = _plans.pop(flow.id, None) or FlowPlan()
+        self.hooks = self.plan.hooks
+        self.keepalive: KeepaliveDriver | None = None
+        self.client_gone = False
         self._incoming = 0
+        self._frames_in = 0
+        self._started = time.monotonic()
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.hooks is None:
             yield from ws_layers.WebsocketLayer.start(self, event)
-            return
-        # The synthetic 101 negotiated no extension: frames are plain.
-        self.client_ws = ws_layers.WebsocketConnection(wsproto.ConnectionType.SERVER, [], conn=self.context.client)
-        self.server_ws = ws_layers.WebsocketConnection(wsproto.ConnectionType.CLIENT, [], conn=self.context.server)
-        yield ws_layers.WebsocketStartHook(self.flow)
-        self._handle_event = self.serve_bridged
+            self.client_ws.__class__ = ClientWebsocket
+        else:
+            # The synthetic 101 negotiated no extension: frames are plain.
+            self.client_ws = ClientWebsocket(wsproto.ConnectionType.SERVER, [], conn=self.context.client)
+            self.server_ws = ws_layers.WebsocketConnection(wsproto.ConnectionType.CLIENT, [], conn=self.context.server)
+            yield ws_layers.WebsocketStartHook(self.flow)
+            self._handle_event = self.serve_bridged
+        policy = self.plan.keepalive
+        if policy is not None and policy.enabled:
+            try:
+                self.keepalive = KeepaliveDriver(self, policy)
+            except ValueError as e:
+                log.warning("stage=keepalive_unavailable client=%s reason=%s; relaying without keepalive",
+                            self.context.client.peername, e)
+            else:
+                assert isinstance(self.client_ws, ClientWebsocket)
+                self.client_ws.keepalive = self.keepalive
 
     _handle_event = start
+
+    # -- passthrough ------------------------------------------------------------------------
+
+    @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, BridgeInjected):
+            yield from self._relay_injected(event)
+            return
+        if self.client_gone:
+            if isinstance(event, events.ConnectionEvent) and event.connection == self.context.server:
+                yield from self._drain_server(event)
+            return
+        gen = super().relay_messages(event)
+        reply = None
+        try:
+            while True:
+                command = gen.send(reply)
+                if isinstance(command, ws_layers.WebsocketMessageHook):
+                    self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]
+                reply = yield command
+        except StopIteration:
+            pass
+        if self._handle_event == self.done:
+            self._ended()
+
+    def _observe(self, message: WebSocketMessage) -> None:
+        """Counts client frames; tracks whether a response is in flight, for the text keepalive."""
+        if message.from_client:
+            self._frames_in += 1
+        if not message.is_text or self.keepalive is None:
+            return
+        kind = _event_type(message.content)
+        if message.from_client and kind == "response.create":
+            self.keepalive.response_started()
+        elif not message.from_client and kind in TERMINAL_EVENTS:
+            self.keepalive.response_ended()
+
+    def _relay_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+        if self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
+            return
+        if event.frames:
+            for payload in event.frames:
+                self.flow.websocket.messages.append(  # type: ignore[union-attr]
+                    WebSocketMessage(Opcode.TEXT, False, payload, injected=True)
+                )
+                yield self.client_ws.send2(wse.TextMessage(payload.decode()))
+        if event.ping is not None:
+            yield self.client_ws.send2(wse.Ping(event.ping))
+        if event.close is not None:
+            yield from self._close_client(*event.close)
+            if self.plan.drain and self.keepalive is not None and self.keepalive.state.in_flight:
+                log.info("stage=upstream_drain client left mid-response; reading the upstream to its end")
+                return
+            yield from self._close_server()
+
+    def _drain_server(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.ConnectionClosed):
+            self.server_ws.receive_data(None)
+        else:
+            self.server_ws.receive_data(event.data)  # type: ignore[attr-defined]
+        for ws_event in self.server_ws.events():
+            if isinstance(ws_event, wse.Message) and _event_type(
+                ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
+            ) in TERMINAL_EVENTS:
+                log.info("stage=upstream_drained")
+                yield from self._close_server()
+                return
+            if isinstance(ws_event, wse.CloseConnection):
+                yield from self._close_server()
+                return
+
+    def _close_server(self) -> layer.CommandGenerator[None]:
+        if self.server_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
+            yield self.server_ws.send2(wse.CloseConnection(1001, "client gone"))
+        yield commands.CloseConnection(self.context.server)
+        self._handle_event = self.done
+
+    # -- bridged ----------------------------------------------------------------------------
 
     @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
     def serve_bridged(self, event: events.Event) -> layer.CommandGenerator[None]:
         hooks = self.hooks
-        assert hooks is not None and self.flow.websocket is not None
+        assert hooks is not None
         if isinstance(event, BridgeInjected):
             yield from self._send_injected(event)
             return
@@ -142,10 +267,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                 yield from self._client_message(ws_event, hooks)
             elif isinstance(ws_event, wse.Ping):
                 yield self.client_ws.send2(ws_event.response())
-            elif isinstance(ws_event, wse.Pong):
-                hooks.on_client_pong(bytes(ws_event.payload))
             elif isinstance(ws_event, wse.CloseConnection):
-                yield from self._closed(ws_event.code, ws_event.reason or "", by_client=True)
+                yield from self._close_client(ws_event.code, ws_event.reason or "", by_client=True)
                 return
 
     def _client_message(self, ws_event: wse.Message, hooks: BridgeHooks) -> layer.CommandGenerator[None]:
@@ -157,20 +280,21 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             buf[-1] += chunk
         if not ws_event.message_finished:
             return
+        self._frames_in += 1
         size, self._incoming = self._incoming, 0
         content = b"".join(buf)
         self.client_ws.frame_buf = [b""]
-        is_text = isinstance(ws_event.data, str)
         if limit and size > limit:
             out = hooks.on_client_error(
                 ClientFrameError("frame_too_large", f"Client frame of {size} bytes exceeds the limit of {limit} bytes.")
             )
             yield from self._send_frames(out, synthetic=True)
             return
+        is_text = isinstance(ws_event.data, str)
         message = WebSocketMessage(Opcode.TEXT if is_text else Opcode.BINARY, True, content)
         self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
         yield ws_layers.WebsocketMessageHook(self.flow)
-        if message.dropped:
+        if message.dropped or self.client_gone:
             return
         if message.is_text:
             out = hooks.on_client_text(message.text)
@@ -184,8 +308,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             yield from self._send_frames(event.frames, event.synthetic)
         if event.ping is not None and self.client_ws.state is wsproto.ConnectionState.OPEN:
             yield self.client_ws.send2(wse.Ping(event.ping))
-        if event.close is not None:
-            yield from self._closed(*event.close, by_client=False)
+        if event.close is not None and not self.client_gone:
+            yield from self._close_client(*event.close)
 
     def _send_frames(self, frames: list[bytes], synthetic: bool) -> layer.CommandGenerator[None]:
         if self.client_ws.state is not wsproto.ConnectionState.OPEN:
@@ -194,11 +318,17 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         now = time.time()
         for payload in frames:
             messages.append(WebSocketMessage(Opcode.TEXT, False, payload, now, injected=synthetic))
-        yield commands.SendData(self.context.client, b"".join(map(encode_text_frame, frames)))
+        data = b"".join(map(encode_text_frame, frames))
+        if self.keepalive is not None:
+            self.keepalive.wrote(True, len(data), len(frames))
+        yield commands.SendData(self.context.client, data)
 
-    def _closed(self, code: int, reason: str, by_client: bool) -> layer.CommandGenerator[None]:
+    # -- both -------------------------------------------------------------------------------
+
+    def _close_client(self, code: int, reason: str, by_client: bool = False) -> layer.CommandGenerator[None]:
         ws = self.flow.websocket
         assert ws is not None
+        self.client_gone = True
         ws.timestamp_end = time.time()
         ws.closed_by_client = by_client
         ws.close_code = code
@@ -206,11 +336,106 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if self.client_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
             yield self.client_ws.send2(wse.CloseConnection(code, reason))
         yield commands.CloseConnection(self.context.client)
-        self._handle_event = self.done
-        assert self.hooks is not None
-        self.hooks.on_client_closed()
+        if self.hooks is not None:
+            self._handle_event = self.done
+            self.hooks.on_client_closed()
+        self._ended()
         yield ws_layers.WebsocketEndHook(self.flow)
         self.flow.live = False
+
+    def _ended(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        ws = self.flow.websocket
+        stats = self.keepalive.counters if self.keepalive is not None else (0, 0)
+        log.debug(
+            "stage=session_end mode=%s client=%s close_code=%s closed_by=%s frames_in=%d frames_out=%d bytes_out=%d "
+            "duration=%.3fs",
+            "bridge" if self.hooks is not None else "passthrough", self.context.client.peername,
+            ws.close_code if ws else None, "client" if ws and ws.closed_by_client else "proxy",
+            self._frames_in, stats[0], stats[1], time.monotonic() - self._started,
+        )
+
+
+def _event_type(content: bytes) -> str | None:
+    if b'"type"' not in content[:200]:
+        return None
+    try:
+        obj = json.loads(content)
+    except ValueError:
+        return None
+    return obj.get("type") if isinstance(obj, dict) else None
+
+
+class KeepaliveDriver:
+    """Runs one flow's keepalive schedule on the event loop: a timer, and injected pings/closes."""
+
+    def __init__(self, layer_: CodexWebsocketLayer, policy: KeepalivePolicy) -> None:
+        self.layer = layer_
+        self.state = KeepaliveState(policy)
+        self.loop = asyncio.get_running_loop()
+        self.channel = layer_.plan.channel or MitmChannel(layer_.flow)
+        self.channel.keepalive = self
+        self.counters = (0, 0)  # frames, bytes written to the client
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+
+    def wrote(self, text: bool, nbytes: int, frames: int = 1) -> None:
+        self.state.wrote(self.loop.time(), text)
+        if text:
+            self.counters = (self.counters[0] + frames, self.counters[1] + nbytes)
+        if self._timer is None:
+            self._arm()
+
+    def response_started(self) -> None:
+        self.state.response_started(self.loop.time())
+        self._arm()
+
+    def response_ended(self) -> None:
+        self.state.response_ended()
+
+    def pong(self, payload: bytes) -> bool:
+        """Consumes a pong if it answers our ping (then it must not be relayed)."""
+        if not self.state.owns(payload):
+            return False
+        rtt = self.state.pong(payload, self.loop.time())
+        if rtt is not None:
+            log.debug("stage=downstream_ping_ok client=%s rtt_ms=%.1f", self.layer.context.client.peername, rtt * 1000)
+        return True
+
+    def stop(self) -> None:
+        self.state.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        when = self.state.next_wakeup()
+        if when is None:
+            return
+        if self._timer is not None:
+            if self._armed_at is not None and self._armed_at <= when:
+                return
+            self._timer.cancel()
+        self._armed_at = when
+        self._timer = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        peer = self.layer.context.client.peername
+        for action in self.state.due(self.loop.time()):
+            if action is Action.PING:
+                self._inject(BridgeInjected(self.layer.flow, _placeholder(), ping=self.state.ping_payload))
+            elif action is Action.TEXT:
+                log.debug("stage=text_keepalive client=%s", peer)
+                self._inject(BridgeInjected(self.layer.flow, _placeholder(), frames=[TEXT_KEEPALIVE_FRAME], synthetic=True))
+            elif action is Action.PONG_TIMEOUT:
+                log.info("stage=downstream_ping_timeout client=%s timeout=%ss", peer, self.state.policy.ping_timeout)
+                self._inject(BridgeInjected(self.layer.flow, _placeholder(), close=(1011, "pong timeout")))
+        self._arm()
+
+    def _inject(self, event: BridgeInjected) -> None:
+        self.loop.create_task(self.channel.inject(event))
 
 
 _stock_layer = ws_layers.WebsocketLayer
@@ -226,7 +451,7 @@ def uninstall() -> None:
 
 
 class MitmChannel:
-    """Sends to a bridged client through its connection handler, with write back-pressure."""
+    """Sends to a client through its connection handler, with write back-pressure."""
 
     def __init__(self, flow: http.HTTPFlow) -> None:
         self.flow = flow
@@ -234,19 +459,25 @@ class MitmChannel:
         self._handler = proxyserver.connections.get(flow.client_conn.id)
         if self._handler is None:
             raise ValueError("flow is not from a live connection")
+        self.keepalive: KeepaliveDriver | None = None
 
     async def send(self, frames: list[bytes], synthetic: bool = False) -> bool:
-        return await self._inject(BridgeInjected(self.flow, _placeholder(), frames=frames, synthetic=synthetic))
+        return await self.inject(BridgeInjected(self.flow, _placeholder(), frames=frames, synthetic=synthetic))
 
-    async def ping(self, payload: bytes) -> bool:
-        return await self._inject(BridgeInjected(self.flow, _placeholder(), ping=payload))
+    def response_state(self, in_flight: bool) -> None:
+        layer_keepalive = self.keepalive
+        if layer_keepalive is not None:
+            if in_flight:
+                layer_keepalive.response_started()
+            else:
+                layer_keepalive.response_ended()
 
     def close(self, code: int, reason: str) -> None:
         asyncio.get_running_loop().create_task(
-            self._inject(BridgeInjected(self.flow, _placeholder(), close=(code, reason)))
+            self.inject(BridgeInjected(self.flow, _placeholder(), close=(code, reason)))
         )
 
-    async def _inject(self, event: BridgeInjected) -> bool:
+    async def inject(self, event: BridgeInjected) -> bool:
         handler = self._handler
         io = handler.transports.get(handler.client)
         if io is None or io.writer is None:

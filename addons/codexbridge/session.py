@@ -34,8 +34,8 @@ class ClientChannel(Protocol):
     def send(self, frames: list[bytes], synthetic: bool = False) -> Awaitable[bool]:
         """Sends text frames in order; resolves False when the client cannot be written to."""
 
-    def close(self, code: int, reason: str) -> None:
-        """Closes the client connection with a close frame."""
+    def response_state(self, in_flight: bool) -> None:
+        """A response started or ended (the text keepalive runs only in between)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +125,6 @@ class BridgeSession:
         self.stats.client_frames += 1
         return [self._client_error(error)]
 
-    def on_client_pong(self, payload: bytes) -> None:
-        """A Pong from the client (keepalive bookkeeping)."""
-
     def on_client_closed(self) -> None:
         """The client connection ended (close frame or dropped socket)."""
         if self.client_gone:
@@ -146,6 +143,7 @@ class BridgeSession:
 
     async def _respond(self, prepared: PreparedRequest) -> None:
         tracker = ResponseTracker(prepared.full_input)
+        self.channel.response_state(True)
         try:
             await self._stream(prepared, tracker)
         except asyncio.CancelledError:
@@ -154,6 +152,7 @@ class BridgeSession:
             log.exception("bridge error: %s", e)
             await self._send_error([error_frame(500, "bridge_error", f"codexbridge internal error: {e}")])
         finally:
+            self.channel.response_state(False)
             self.stats.responses += 1
             if self.client_gone:
                 self._finish()
