@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
+import re
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
@@ -14,6 +17,8 @@ from mitmproxy.websocket import WebSocketData
 from . import mitm
 from .frames import dumps
 from .keepalive import KeepalivePolicy
+from .recorder import SessionRecorder
+from .recording import HttpMessage, Redactor
 from .session import BridgeSession, SessionConfig
 from .upstream import UpstreamPool, UpstreamSettings
 
@@ -45,6 +50,8 @@ class CodexBridge:
         self.pool = UpstreamPool()
         self.sessions: set[BridgeSession] = set()
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
+        self.redactor = Redactor()
+        self.http_recorders: dict[str, SessionRecorder] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -110,6 +117,22 @@ class CodexBridge:
             "In auto mode, seconds to remember whether an upstream accepted or refused the WebSocket upgrade.",
         )
         loader.add_option(
+            "codexbridge_record", str, "",
+            "A directory to record every session on the bridged path into, one JSON Lines file per "
+            "WebSocket session (bridge and passthrough) or HTTP+SSE exchange; empty disables recording. "
+            "Secrets are redacted before anything is written; files are created with mode 0600.",
+        )
+        loader.add_option(
+            "codexbridge_record_redact", Sequence[str], [],
+            "Extra regular expressions whose matches are replaced by <redacted> in recordings, on top of "
+            "the built-in ones (Authorization, Cookie and API-key headers; sk-..., bearer tokens, JWTs).",
+        )
+        loader.add_option(
+            "codexbridge_record_elide", int, 0,
+            "In recordings, replace every JSON string longer than this many characters by a marker with "
+            "its length and SHA-256 (replay stays exact on such files); 0 keeps everything.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -136,6 +159,22 @@ class CodexBridge:
                 raise exceptions.OptionsError(f"{name} must be at least 1.")
         if "codexbridge_max_frame_bytes" in updated and opts.codexbridge_max_frame_bytes < 0:
             raise exceptions.OptionsError("codexbridge_max_frame_bytes must be 0 (no limit) or positive.")
+        if "codexbridge_record" in updated and opts.codexbridge_record:
+            try:
+                os.makedirs(opts.codexbridge_record, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise exceptions.OptionsError(f"codexbridge_record: cannot create {opts.codexbridge_record}: {e}")
+            if not os.access(opts.codexbridge_record, os.W_OK | os.X_OK):
+                raise exceptions.OptionsError(f"codexbridge_record: {opts.codexbridge_record} is not writable.")
+        if "codexbridge_record_redact" in updated:
+            for pattern in opts.codexbridge_record_redact:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise exceptions.OptionsError(f"codexbridge_record_redact: bad pattern {pattern!r}: {e}")
+            self.redactor = Redactor(opts.codexbridge_record_redact)
+        if "codexbridge_record_elide" in updated and opts.codexbridge_record_elide < 0:
+            raise exceptions.OptionsError("codexbridge_record_elide must be 0 (off) or positive.")
         if "codexbridge_mode" in updated and opts.codexbridge_mode != "off" and not opts.websocket:
             raise exceptions.OptionsError("codexbridge needs mitmproxy's 'websocket' option to be on.")
 
@@ -165,6 +204,17 @@ class CodexBridge:
             return flow.request.url
         return flow.request.pretty_url
 
+    def recorder(self, flow: http.HTTPFlow, mode: str, upstream: str) -> SessionRecorder | None:
+        directory = ctx.options.codexbridge_record
+        if not directory:
+            return None
+        req = flow.request
+        return SessionRecorder(
+            directory, mode, upstream,
+            HttpMessage(method=req.method, url=req.pretty_url, headers=list(req.headers.items(multi=True))),
+            self.redactor, ctx.options.codexbridge_record_elide, label=flow.id[:8],
+        )
+
     @staticmethod
     def keepalive_policy() -> KeepalivePolicy:
         opts = ctx.options
@@ -178,6 +228,8 @@ class CodexBridge:
         if mode == "off" or flow.response is not None:
             return
         if not is_websocket_upgrade(flow.request):
+            if opts.codexbridge_record:
+                self.record_http_request(flow)
             return
         if urlsplit(flow.request.path).path.rstrip("/") != opts.codexbridge_path.rstrip("/"):
             return
@@ -199,7 +251,8 @@ class CodexBridge:
                 mode = "passthrough"
         if mode == "passthrough":
             mitm.plan_flow(flow, mitm.FlowPlan(keepalive=self.keepalive_policy(),
-                                               drain=opts.codexbridge_on_disconnect == "drain"))
+                                               drain=opts.codexbridge_on_disconnect == "drain",
+                                               recorder=self.recorder(flow, "passthrough", flow.request.pretty_url)))
             flow.metadata.setdefault("codexbridge", {"mode": "passthrough"})
             return
         self.bridge(flow)
@@ -234,7 +287,9 @@ class CodexBridge:
         session = BridgeSession(config, list(flow.request.headers.items(multi=True)), channel, self.pool)
         self.sessions.add(session)
         session.closed_callback = self.sessions.discard
-        mitm.plan_flow(flow, mitm.FlowPlan(hooks=session, keepalive=self.keepalive_policy(), channel=channel))
+        session.recorder = self.recorder(flow, "bridge", upstream)
+        mitm.plan_flow(flow, mitm.FlowPlan(hooks=session, keepalive=self.keepalive_policy(), channel=channel,
+                                           recorder=session.recorder))
         flow.metadata["codexbridge"] = {"mode": "bridge", "upstream": upstream}
         flow.response = http.Response.make(
             101,
@@ -243,6 +298,12 @@ class CodexBridge:
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
+        rec = self.http_recorders.pop(flow.id, None)
+        if rec is not None:
+            if flow.response is not None and not flow.response.stream and flow.response.raw_content:
+                rec.upstream_chunk(flow.response.raw_content)
+            rec.upstream_end()
+            rec.complete()
         meta = flow.metadata.get("codexbridge")
         if not meta or meta.get("mode") not in ("auto", "passthrough") or flow.response is None:
             return
@@ -255,7 +316,9 @@ class CodexBridge:
                 log.info("stage=auto_probe upstream=%s websocket=%s status=%d", self.upstream_key(flow),
                          "yes" if accepted else "no", status)
             if status in REFUSALS:
-                mitm.forget_flow(flow)
+                plan = mitm.forget_flow(flow)
+                if plan is not None and plan.recorder is not None:
+                    plan.recorder.discard()
                 refusal, flow.response = flow.response, None
                 self.bridge(flow)
                 if flow.response is None:
@@ -264,20 +327,53 @@ class CodexBridge:
                     flow.websocket = WebSocketData()  # mitmproxy decided before this hook that it was not one
                 return
         if status != 101:
-            mitm.forget_flow(flow)
+            plan = mitm.forget_flow(flow)
+            if plan is not None and plan.recorder is not None:
+                plan.recorder.error("upstream", f"the upstream answered the upgrade with {status}")
+                plan.recorder.complete()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        mitm.forget_flow(flow)
+        plan = mitm.forget_flow(flow)
+        rec = self.http_recorders.pop(flow.id, None) or (plan.recorder if plan is not None else None)
+        if rec is not None:
+            rec.error("proxy", flow.error.msg if flow.error else "flow error")
+            rec.complete()
+
+    # -- plain HTTP + SSE on the bridged path (Codex in HTTP mode) ----------------------------
+
+    def record_http_request(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method != "POST":
+            return
+        if urlsplit(flow.request.path).path.rstrip("/") != ctx.options.codexbridge_path.rstrip("/"):
+            return
+        rec = self.recorder(flow, "http", self.upstream_url(flow))
+        if rec is None:
+            return
+        req = flow.request
+        rec.upstream_request(req.method, self.upstream_url(flow), req.headers.items(multi=True), req.raw_content or b"")
+        self.http_recorders[flow.id] = rec
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
+        if response is None:
+            return
+        rec = self.http_recorders.get(flow.id)
+        if rec is not None:
+            rec.upstream_response(response.status_code, response.headers.items(multi=True))
         if (
             ctx.options.codexbridge_stream_sse
-            and response is not None
             and not response.stream
             and response.headers.get("content-type", "").lower().startswith("text/event-stream")
         ):
-            response.stream = True
+            if rec is None:
+                response.stream = True
+            else:
+                def record(chunk: bytes, rec: SessionRecorder = rec) -> bytes:
+                    if chunk:
+                        rec.upstream_chunk(chunk)
+                    return chunk
+
+                response.stream = record
 
     async def done(self) -> None:
         mitm.uninstall()

@@ -31,6 +31,7 @@ from wsproto.frame_protocol import Opcode
 from .conversation import TERMINAL_EVENTS, ClientFrameError
 from .frames import encode_text_frame
 from .keepalive import TEXT_KEEPALIVE_FRAME, Action, KeepalivePolicy, KeepaliveState
+from .recorder import SessionRecorder
 
 log = logging.getLogger("codexbridge.mitm")
 
@@ -74,6 +75,7 @@ class BridgeInjected(ws_layers.WebSocketMessageInjected):
 
     frames: list[bytes] = field(default_factory=list)
     synthetic: bool = False
+    keepalive: bool = False  # the frames are a text keepalive (recorded as such, not as output)
     close: tuple[int, str] | None = None
     ping: bytes | None = None
 
@@ -96,6 +98,7 @@ class FlowPlan:
     keepalive: KeepalivePolicy | None = None
     drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
     channel: MitmChannel | None = None
+    recorder: SessionRecorder | None = None
 
 
 _plans: dict[str, FlowPlan] = {}
@@ -106,8 +109,8 @@ def plan_flow(flow: http.HTTPFlow, plan: FlowPlan) -> None:
     _plans[flow.id] = plan
 
 
-def forget_flow(flow: http.HTTPFlow) -> None:
-    _plans.pop(flow.id, None)
+def forget_flow(flow: http.HTTPFlow) -> FlowPlan | None:
+    return _plans.pop(flow.id, None)
 
 
 def _placeholder() -> WebSocketMessage:
@@ -139,6 +142,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         super().__init__(context, flow)
         self.plan = _plans.pop(flow.id, None) or FlowPlan()
         self.hooks = self.plan.hooks
+        self.recorder = self.plan.recorder
         self.keepalive: KeepaliveDriver | None = None
         self.client_gone = False
         self._incoming = 0
@@ -191,12 +195,22 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         except StopIteration:
             pass
         if self._handle_event == self.done:
+            ws = self.flow.websocket
+            if self.recorder is not None and ws is not None:
+                self.recorder.close(ws.close_code or 1005, ws.close_reason or "",
+                                    "client" if ws.closed_by_client else "upstream")
+            self._record_complete()
             self._ended()
 
     def _observe(self, message: WebSocketMessage) -> None:
         """Counts client frames; tracks whether a response is in flight, for the text keepalive."""
         if message.from_client:
             self._frames_in += 1
+        if self.recorder is not None:
+            if message.from_client:
+                self.recorder.client_frame(message.content if not message.is_text else message.text)
+            else:
+                self.recorder.server_frame(message.content if not message.is_text else message.text)
         if not message.is_text or self.keepalive is None:
             return
         kind = _event_type(message.content)
@@ -209,12 +223,15 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
             return
         if event.frames:
+            self._record_out(event)
             for payload in event.frames:
                 self.flow.websocket.messages.append(  # type: ignore[union-attr]
                     WebSocketMessage(Opcode.TEXT, False, payload, injected=True)
                 )
                 yield self.client_ws.send2(wse.TextMessage(payload.decode()))
         if event.ping is not None:
+            if self.recorder is not None:
+                self.recorder.ping(event.ping)
             yield self.client_ws.send2(wse.Ping(event.ping))
         if event.close is not None:
             yield from self._close_client(*event.close)
@@ -222,6 +239,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                 log.info("stage=upstream_drain client left mid-response; reading the upstream to its end")
                 return
             yield from self._close_server()
+            self._record_complete()
 
     def _drain_server(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.ConnectionClosed):
@@ -229,14 +247,20 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         else:
             self.server_ws.receive_data(event.data)  # type: ignore[attr-defined]
         for ws_event in self.server_ws.events():
-            if isinstance(ws_event, wse.Message) and _event_type(
-                ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
-            ) in TERMINAL_EVENTS:
-                log.info("stage=upstream_drained")
-                yield from self._close_server()
-                return
+            if isinstance(ws_event, wse.Message):
+                data = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
+                if self.recorder is not None:
+                    self.recorder.server_frame(data)
+                if _event_type(data) in TERMINAL_EVENTS:
+                    log.info("stage=upstream_drained")
+                    yield from self._close_server()
+                    self._record_complete()
+                    return
             if isinstance(ws_event, wse.CloseConnection):
+                if self.recorder is not None:
+                    self.recorder.close(ws_event.code, ws_event.reason or "", "upstream")
                 yield from self._close_server()
+                self._record_complete()
                 return
 
     def _close_server(self) -> layer.CommandGenerator[None]:
@@ -284,6 +308,11 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         size, self._incoming = self._incoming, 0
         content = b"".join(buf)
         self.client_ws.frame_buf = [b""]
+        if self.recorder is not None:
+            if limit and size > limit:
+                self.recorder.error("client", f"client frame of {size} bytes over the limit was discarded")
+            else:
+                self.recorder.client_frame(content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else content)
         if limit and size > limit:
             out = hooks.on_client_error(
                 ClientFrameError("frame_too_large", f"Client frame of {size} bytes exceeds the limit of {limit} bytes.")
@@ -305,15 +334,22 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
     def _send_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
         if event.frames:
-            yield from self._send_frames(event.frames, event.synthetic)
+            yield from self._send_frames(event.frames, event.synthetic, event.keepalive)
         if event.ping is not None and self.client_ws.state is wsproto.ConnectionState.OPEN:
+            if self.recorder is not None:
+                self.recorder.ping(event.ping)
             yield self.client_ws.send2(wse.Ping(event.ping))
         if event.close is not None and not self.client_gone:
             yield from self._close_client(*event.close)
 
-    def _send_frames(self, frames: list[bytes], synthetic: bool) -> layer.CommandGenerator[None]:
+    def _send_frames(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> layer.CommandGenerator[None]:
         if self.client_ws.state is not wsproto.ConnectionState.OPEN:
             return
+        if self.recorder is not None:
+            if keepalive:
+                self.recorder.text_keepalive()
+            else:
+                self.recorder.to_client(frames, synthetic)
         messages = self.flow.websocket.messages  # type: ignore[union-attr]
         now = time.time()
         for payload in frames:
@@ -333,6 +369,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         ws.closed_by_client = by_client
         ws.close_code = code
         ws.close_reason = reason
+        if self.recorder is not None:
+            self.recorder.close(code, reason, "client" if by_client else "proxy")
         if self.client_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
             yield self.client_ws.send2(wse.CloseConnection(code, reason))
         yield commands.CloseConnection(self.context.client)
@@ -342,6 +380,17 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self._ended()
         yield ws_layers.WebsocketEndHook(self.flow)
         self.flow.live = False
+
+    def _record_out(self, event: BridgeInjected) -> None:
+        if self.recorder is not None:
+            if event.keepalive:
+                self.recorder.text_keepalive()
+            else:
+                self.recorder.to_client(event.frames, event.synthetic)
+
+    def _record_complete(self) -> None:
+        if self.recorder is not None and self.hooks is None:
+            self.recorder.complete()
 
     def _ended(self) -> None:
         if self.keepalive is not None:
@@ -399,6 +448,8 @@ class KeepaliveDriver:
         if not self.state.owns(payload):
             return False
         rtt = self.state.pong(payload, self.loop.time())
+        if self.layer.recorder is not None:
+            self.layer.recorder.pong(payload, rtt)
         if rtt is not None:
             log.debug("stage=downstream_ping_ok client=%s rtt_ms=%.1f", self.layer.context.client.peername, rtt * 1000)
         return True
@@ -428,7 +479,8 @@ class KeepaliveDriver:
                 self._inject(BridgeInjected(self.layer.flow, _placeholder(), ping=self.state.ping_payload))
             elif action is Action.TEXT:
                 log.debug("stage=text_keepalive client=%s", peer)
-                self._inject(BridgeInjected(self.layer.flow, _placeholder(), frames=[TEXT_KEEPALIVE_FRAME], synthetic=True))
+                self._inject(BridgeInjected(self.layer.flow, _placeholder(), frames=[TEXT_KEEPALIVE_FRAME],
+                                            synthetic=True, keepalive=True))
             elif action is Action.PONG_TIMEOUT:
                 log.info("stage=downstream_ping_timeout client=%s timeout=%ss", peer, self.state.policy.ping_timeout)
                 self._inject(BridgeInjected(self.layer.flow, _placeholder(), close=(1011, "pong timeout")))

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -18,6 +18,9 @@ from .frames import dumps, error_frame, new_response_id, synthetic_prewarm
 from .headers import error_headers, upstream_request_headers
 from .sse import SseDecoder
 from .upstream import UpstreamPool, UpstreamSettings
+
+if TYPE_CHECKING:
+    from .recorder import SessionRecorder
 
 log = logging.getLogger("codexbridge.session")
 
@@ -78,6 +81,7 @@ class BridgeSession:
         self.closed = asyncio.Event()
         self.max_frame_bytes = config.max_frame_bytes
         self.closed_callback: Callable[[BridgeSession], None] | None = None
+        self.recorder: SessionRecorder | None = None
 
     # -- client side ------------------------------------------------------------------------
 
@@ -159,17 +163,24 @@ class BridgeSession:
 
     async def _stream(self, prepared: PreparedRequest, tracker: ResponseTracker) -> None:
         client = self.pool.client(self.config.settings)
-        request = client.build_request(
-            "POST", self.config.upstream_url, headers=self.request_headers, content=dumps(prepared.body)
-        )
+        body = dumps(prepared.body)
+        request = client.build_request("POST", self.config.upstream_url, headers=self.request_headers, content=body)
+        rec = self.recorder
+        if rec is not None:
+            rec.upstream_request("POST", self.config.upstream_url, request.headers.multi_items(), body)
         try:
             response = await client.send(request, stream=True)
         except httpx.TimeoutException as e:
+            self._record_end(f"timeout: {e!r}")
             await self._send_error([error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e!r}")])
             return
         except httpx.HTTPError as e:
+            self._record_end(f"unreachable: {e!r}")
             await self._send_error([error_frame(502, "upstream_unreachable", f"Upstream unreachable: {e!r}")])
             return
+        if rec is not None:
+            rec.upstream_response(response.status_code, response.headers.multi_items())
+        error: str | None = None
         try:
             if response.status_code != 200:
                 await self._send_error([await self._upstream_error(response)])
@@ -182,11 +193,17 @@ class BridgeSession:
                 return
             await self._relay(response, tracker)
         except httpx.TimeoutException:
+            error = "timeout mid-stream"
             await self._send_error([error_frame(504, "upstream_timeout", "Upstream went silent mid-stream.")])
         except httpx.HTTPError as e:
+            error = f"stream broke: {e!r}"
             await self._send_error([error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e!r}")])
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
         finally:
             await response.aclose()
+            self._record_end(error)
         if tracker.terminal is None:
             await self._send_error(
                 [error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event.")]
@@ -197,7 +214,10 @@ class BridgeSession:
     async def _relay(self, response: httpx.Response, tracker: ResponseTracker) -> None:
         decoder = SseDecoder()
         needs_parse = _NEEDS_PARSE.search
+        rec = self.recorder
         async for chunk in response.aiter_bytes():
+            if rec is not None:
+                rec.upstream_chunk(chunk)
             batch: list[bytes] = []
             for event in decoder.feed(chunk):
                 data = event.data
@@ -232,6 +252,8 @@ class BridgeSession:
     async def _upstream_error(self, response: httpx.Response) -> bytes:
         body = b""
         async for chunk in response.aiter_bytes():
+            if self.recorder is not None:
+                self.recorder.upstream_chunk(chunk)
             body += chunk
             if len(body) > _MAX_ERROR_BODY:
                 break
@@ -275,10 +297,16 @@ class BridgeSession:
         if not await self.channel.send(frames, synthetic) and not self.client_gone:
             self.on_client_closed()
 
+    def _record_end(self, error: str | None) -> None:
+        if self.recorder is not None:
+            self.recorder.upstream_end(error)
+
     def _finish(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.recorder is not None:
+            self.recorder.complete()
         if self.closed_callback is not None:
             self.closed_callback(self)
         s = self.stats

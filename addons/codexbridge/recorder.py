@@ -1,0 +1,194 @@
+"""Writes one session's recording: redacted, elided, one line per event, flushed as it happens."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .recording import REDACTED, Header, HttpMessage, Redactor, dumps_line, elide_text
+
+log = logging.getLogger("codexbridge.recorder")
+
+# Cheap substrings that every built-in token pattern needs; a text without any skips the regex.
+_TRIGGERS = ("sk-", "eyJ", "earer", "EARER", "ghp_", "gho_", "ghu_", "ghs_", "github_pat", "xox", "AKIA")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class SessionRecorder:
+    """One recording file. Never raises into the proxied session: a failure is logged loudly once."""
+
+    def __init__(
+        self,
+        directory: str,
+        mode: str,
+        upstream: str,
+        request: HttpMessage,
+        redactor: Redactor,
+        elide_over: int = 0,
+        label: str = "",
+    ) -> None:
+        self.redactor = redactor
+        self.elide_over = elide_over
+        self._fast = not redactor.extra
+        self._t0 = time.monotonic()
+        self._file: Any = None
+        self.failed = False
+        self._tail = ""
+        started = dt.datetime.now(dt.UTC)
+        name = f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{mode}-{_SAFE_NAME.sub('_', label)[:40] or 'session'}.jsonl"
+        self.path = Path(directory) / name
+        header = Header(
+            tool_version=__version__,
+            mode=mode,  # type: ignore[arg-type]
+            upstream=self.text(upstream),
+            started_at=started.isoformat(),
+            request=HttpMessage(
+                method=request.method,
+                url=self.text(request.url or ""),
+                status=request.status,
+                headers=self.headers(request.headers),
+            ),
+            elide_over=elide_over,
+            redaction=redactor.extra,
+        )
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
+            self._write(header.model_dump_json() + "\n")
+        except OSError as e:
+            self._fail(e)
+
+    # -- payload hygiene ---------------------------------------------------------------------
+
+    def text(self, value: str) -> str:
+        if self.elide_over:
+            value = elide_text(value, self.elide_over)
+        if self._fast and not any(t in value for t in _TRIGGERS):
+            return value
+        return self.redactor.text(value)
+
+    def headers(self, headers: Any) -> list[tuple[str, str]]:
+        return self.redactor.headers((str(n), str(v)) for n, v in headers)
+
+    def _payload(self, data: bytes | str) -> dict[str, str]:
+        if isinstance(data, str):
+            return {"text": self.text(data)}
+        try:
+            return {"text": self.text(data.decode("utf-8"))}
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(data).decode()}
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _t(self) -> float:
+        return round(time.monotonic() - self._t0, 6)
+
+    def client_frame(self, data: bytes | str) -> None:
+        self._event({"kind": "client_frame", "t": self._t(), **self._payload(data)})
+
+    def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
+        text = self.text
+        self._event({"kind": "to_client", "t": self._t(),
+                     "frames": [text(f.decode("utf-8", "replace")) for f in frames], "synthetic": synthetic})
+
+    def server_frame(self, data: bytes | str) -> None:
+        self._event({"kind": "server_frame", "t": self._t(), **self._payload(data)})
+
+    def upstream_request(self, method: str, url: str, headers: Any, body: bytes) -> None:
+        self._event({"kind": "upstream_request", "t": self._t(), "method": method, "url": self.text(url),
+                     "headers": self.headers(headers), "body": self.text(body.decode("utf-8", "replace"))})
+
+    def upstream_response(self, status: int, headers: Any) -> None:
+        self._tail = ""
+        self._event({"kind": "upstream_response", "t": self._t(), "status": status, "headers": self.headers(headers)})
+
+    def upstream_chunk(self, data: bytes) -> None:
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._tail = ""
+            self._event({"kind": "upstream_chunk", "t": self._t(), "b64": base64.b64encode(data).decode()})
+            return
+        text = self.text(raw)
+        if self._tail:
+            # a secret that began in the previous read and ends in this one
+            for m in self.redactor.pattern.finditer(self._tail + raw):
+                if m.start() < len(self._tail) < m.end():
+                    text = REDACTED + self.text(raw[m.end() - len(self._tail):])
+                    break
+        self._tail = raw[-128:]
+        self._event({"kind": "upstream_chunk", "t": self._t(), "text": text})
+
+    def upstream_end(self, error: str | None = None) -> None:
+        self._event({"kind": "upstream_end", "t": self._t(), "error": self.text(error) if error else None})
+
+    def ping(self, payload: bytes) -> None:
+        self._event({"kind": "ping", "t": self._t(), "payload": payload.decode("utf-8", "replace")})
+
+    def pong(self, payload: bytes, rtt: float | None) -> None:
+        self._event({"kind": "pong", "t": self._t(), "payload": payload.decode("utf-8", "replace"),
+                     "rtt_ms": None if rtt is None else round(rtt * 1000, 3)})
+
+    def text_keepalive(self) -> None:
+        self._event({"kind": "text_keepalive", "t": self._t()})
+
+    def close(self, code: int, reason: str, by: str) -> None:
+        self._event({"kind": "close", "t": self._t(), "code": code, "reason": self.text(reason or ""), "by": by})
+
+    def error(self, where: str, message: str) -> None:
+        self._event({"kind": "error", "t": self._t(), "where": where, "message": self.text(message)})
+
+    def complete(self) -> None:
+        if self._file is None:
+            return
+        self._event({"kind": "complete", "t": self._t()})
+        try:
+            self._file.close()
+        except OSError as e:
+            self._fail(e)
+        self._file = None
+
+    def discard(self) -> None:
+        """Removes a recording that turned out to be about nothing (an upgrade handed to another mode)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    # -- I/O ---------------------------------------------------------------------------------
+
+    def _event(self, obj: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._write(dumps_line(obj))
+
+    def _write(self, line: str) -> None:
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except (OSError, ValueError) as e:
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.failed:
+            log.error("RECORDING FAILED for %s: %s. The session goes on, but it is no longer recorded.",
+                      self.path, error)
+        self.failed = True
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, ValueError):
+                pass
+        self._file = None

@@ -1,0 +1,171 @@
+"""Recording through a real mitmdump: complete files, no secrets, survives kill -9, never breaks a session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from codexbridge.recording import load
+from support import Mitmdump, Upstream, start_mitmdump
+
+CANARY = "sk-canaryQ7f3Z9xLmW2"
+CANARY_COOKIE = "canarycookieV8k2"
+CANARY_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkifQ.c2lnbmF0dXJlY2FuYXJ5"
+
+
+def create(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "response.create", "model": "m", **extra,
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]}
+
+
+async def until_terminal(ws: Any) -> list[dict[str, Any]]:
+    events = []
+    async with asyncio.timeout(15):
+        while True:
+            events.append(json.loads(await ws.recv()))
+            if events[-1]["type"] in ("response.completed", "error", "response.failed"):
+                return events
+
+
+def recordings(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jsonl"))
+
+
+def test_canary_secrets_never_reach_a_recording_or_the_log(module_tmp: Path, upstream: Upstream) -> None:
+    rec_dir = module_tmp / "rec-canary"
+    proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_record={rec_dir}")
+    headers = {
+        "Authorization": f"Bearer {CANARY}",
+        "Cookie": f"session={CANARY_COOKIE}",
+        "api-key": CANARY,
+        "x-api-key": CANARY,
+        "OpenAI-Organization": "org-visible",
+    }
+
+    async def go() -> None:
+        async with websockets.connect(proxy.ws_url, additional_headers=headers) as ws:
+            await ws.send(json.dumps(create(f"my key is {CANARY} and token {CANARY_JWT}", generate=False)))
+            await until_terminal(ws)
+            await ws.send(json.dumps(create(f"[[reply:the key {CANARY} again]] echo it")))
+            events = await until_terminal(ws)
+            assert CANARY in "".join(e.get("delta", "") for e in events), "the client itself sees the real text"
+
+    try:
+        asyncio.run(go())
+        body = {"model": "m", "stream": True, "input": [{"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": f"[[reply:http {CANARY}]] {CANARY}"}]}]}
+        with httpx.stream("POST", f"{proxy.base_url}/responses", json=body, headers=headers, timeout=10) as r:
+            assert CANARY in r.read().decode()
+    finally:
+        proxy.stop()
+    files = recordings(rec_dir)
+    assert len(files) == 2, files
+    modes = {load(str(f)).header.mode for f in files}
+    assert modes == {"bridge", "http"}
+    for f in files:
+        text = f.read_text()
+        for secret in (CANARY, CANARY_COOKIE, CANARY_JWT, "canaryQ7f3"):
+            assert secret not in text, f"{secret} leaked into {f.name}"
+        assert "<redacted>" in text
+        assert "org-visible" in text, "ordinary headers stay readable"
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        assert load(str(f)).complete
+    for secret in (CANARY, CANARY_COOKIE, "canaryQ7f3"):
+        assert secret not in proxy.log
+
+
+def test_recording_has_every_kind_of_event(module_tmp: Path, upstream: Upstream) -> None:
+    rec_dir = module_tmp / "rec-kinds"
+    proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_record={rec_dir}",
+                           "codexbridge_ping_interval=2", "codexbridge_ping_timeout=1")
+
+    async def go() -> None:
+        async with websockets.connect(proxy.ws_url) as ws:
+            await ws.send(json.dumps(create("base", generate=False)))
+            pre = await until_terminal(ws)
+            await ws.send(json.dumps(create("[[deltas:3]] [[chunk:9]] hi", previous_response_id=pre[-1]["response"]["id"])))
+            await until_terminal(ws)
+            await asyncio.sleep(2.6)  # one idle ping, answered by the client
+            await ws.send(json.dumps(create("[[error:429]]")))
+            await until_terminal(ws)
+
+    try:
+        asyncio.run(go())
+    finally:
+        proxy.stop()
+    (f,) = recordings(rec_dir)
+    rec = load(str(f))
+    assert rec.header.mode == "bridge" and rec.header.upstream.endswith("/v1/responses")
+    kinds = [e.kind for e in rec.events]
+    for kind in ("client_frame", "to_client", "upstream_request", "upstream_response", "upstream_chunk",
+                 "upstream_end", "ping", "pong", "close", "complete"):
+        assert kind in kinds, kind
+    assert kinds[-1] == "complete"
+    times = [e.t for e in rec.events]
+    assert times == sorted(times)
+    synthetic = [e for e in rec.events if e.kind == "to_client" and e.synthetic]
+    assert json.loads(synthetic[0].frames[0])["type"] == "response.created"  # the prewarm
+    chunks = [e for e in rec.events if e.kind == "upstream_chunk"]
+    assert any(len(c.text or "") == 9 for c in chunks), "raw chunking is kept"
+    req = next(e for e in rec.events if e.kind == "upstream_request")
+    assert json.loads(req.body)["stream"] is True
+
+
+def test_kill_9_leaves_a_readable_file_up_to_the_last_event(module_tmp: Path, upstream: Upstream) -> None:
+    rec_dir = module_tmp / "rec-kill"
+    proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_record={rec_dir}")
+    received: list[str] = []
+
+    async def go() -> None:
+        ws = await websockets.connect(proxy.ws_url)
+        await ws.send(json.dumps(create("[[deltas:200]] [[pace_ms:20]] x")))
+        async with asyncio.timeout(15):
+            while len(received) < 30:
+                received.append(await ws.recv())
+        os.kill(proxy.proc.pid, signal.SIGKILL)
+        proxy.proc.wait()
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    received.append(await ws.recv())
+        except (websockets.ConnectionClosed, TimeoutError):
+            pass
+
+    asyncio.run(go())
+    (f,) = recordings(rec_dir)
+    rec = load(str(f))
+    assert not rec.complete
+    recorded = [frame for e in rec.events if e.kind == "to_client" for frame in e.frames]
+    assert recorded[: len(received)] == received, "every frame the client got is in the file, in order"
+    assert len(recorded) >= len(received)
+
+
+def test_unwritable_recording_is_loud_and_harmless(module_tmp: Path, upstream: Upstream) -> None:
+    rec_dir = module_tmp / "rec-gone"
+    proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_record={rec_dir}")
+    for _ in range(100):
+        if rec_dir.exists():
+            break
+        time.sleep(0.05)
+    shutil.rmtree(rec_dir)  # the disk "fails" after startup
+
+    async def go() -> None:
+        async with websockets.connect(proxy.ws_url) as ws:
+            await ws.send(json.dumps(create("hi")))
+            assert (await until_terminal(ws))[-1]["type"] == "response.completed"
+
+    try:
+        asyncio.run(go())
+    finally:
+        proxy.stop()
+    assert "RECORDING FAILED" in proxy.log
