@@ -124,6 +124,55 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .recording import load
+
+    recording = load(args.file)
+    if args.against:
+        from .replay_client import replay_client
+
+        result = asyncio.run(replay_client(recording, args.against, speed=args.speed))
+        if result.ok:
+            console.print(f"[green]replay matched[/green]: {result.expected} frames")
+            return 0
+        console.print(f"[red]replay diverged[/red]\n{result.explain()}")
+        return 1
+    if not args.serve:
+        console.print("say --serve (be the upstream) or --against WS_URL (be the client)")
+        return 2
+    from .replay_server import ReplayServer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server = ReplayServer(recording, speed=args.speed, strict=args.strict)
+
+    async def serve() -> None:
+        port = await server.start(args.host, args.port)
+        console.print(
+            f"serving [bold]{args.file}[/bold] ({server.report.posts_total} POSTs, {server.report.turns_total} "
+            f"WebSocket turns) on http://{args.host}:{port}/v1 — Ctrl-C to stop"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(serve())
+    report = server.report
+    colour = "green" if report.ok else "red"
+    console.print(
+        f"[{colour}]served {report.posts_served}/{report.posts_total} POSTs and {report.turns_served}/"
+        f"{report.turns_total} turns, {len(report.divergences)} divergence(s)[/{colour}]"
+    )
+    for line in report.divergences:
+        console.print(f"  - {line}")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codexbridge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"codexbridge {__version__}")
@@ -142,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=18080)
     demo.add_argument("--log-requests", help="Append every received request as a JSON line to this file.")
     demo.set_defaults(func=cmd_demo_upstream)
+    replay = sub.add_parser("replay", help="Serve a recording as a mock upstream, or play its client side.")
+    replay.add_argument("file", help="A recording (.jsonl).")
+    replay.add_argument("--serve", action="store_true", help="Be the upstream: answer POST+SSE and WebSocket mode.")
+    replay.add_argument("--against", metavar="WS_URL", help="Be the client: send the recorded frames to this "
+                        "bridge and compare every frame it sends back.")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=18080)
+    replay.add_argument("--speed", type=float, default=0.0,
+                        help="0 replays as fast as possible (default); 1 at the recorded pace; 2 twice as fast.")
+    replay.add_argument("--strict", action="store_true", help="Answer a diverging request with an error.")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

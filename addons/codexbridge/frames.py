@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
-import uuid
 from typing import Any
 
 
@@ -56,8 +56,9 @@ def error_frame(
     return dumps({"type": "error", "status": status, "error": error, "headers": headers or {}})
 
 
-def new_response_id() -> str:
-    return "resp_cb_" + uuid.uuid4().hex
+def synthetic_response_id(body: bytes) -> str:
+    """A content-derived id, so that replaying a recording reproduces it byte for byte."""
+    return "resp_cb_" + hashlib.sha256(body).hexdigest()[:32]
 
 
 def synthetic_prewarm(body: dict[str, Any], response_id: str) -> list[bytes]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from .conversation import ClientFrameError, Conversation, PreparedRequest, ResponseTracker, validate_client_frame
-from .frames import dumps, error_frame, new_response_id, synthetic_prewarm
+from .frames import dumps, error_frame, synthetic_prewarm, synthetic_response_id
 from .headers import error_headers, upstream_request_headers
 from .sse import SseDecoder
 from .upstream import UpstreamPool, UpstreamSettings
@@ -115,7 +115,7 @@ class BridgeSession:
             prepared.previous_response_id, len(frame.get("input") or []), len(prepared.full_input), prepared.generate,
         )
         if not prepared.generate:
-            response_id = new_response_id()
+            response_id = synthetic_response_id(dumps(prepared.body))
             self.conversation.remember(response_id, prepared.full_input)
             self.stats.responses += 1
             frames = synthetic_prewarm(prepared.body, response_id)
@@ -181,11 +181,11 @@ class BridgeSession:
         if rec is not None:
             rec.upstream_response(response.status_code, response.headers.multi_items())
         error: str | None = None
+        ctype = response.headers.get("content-type", "")
         try:
             if response.status_code != 200:
                 await self._send_error([await self._upstream_error(response)])
                 return
-            ctype = response.headers.get("content-type", "")
             if "text/event-stream" not in ctype:
                 await self._send_error(
                     [error_frame(502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream.")]
@@ -204,6 +204,8 @@ class BridgeSession:
         finally:
             await response.aclose()
             self._record_end(error)
+        if error is not None or response.status_code != 200 or "text/event-stream" not in ctype:
+            return
         if tracker.terminal is None:
             await self._send_error(
                 [error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event.")]

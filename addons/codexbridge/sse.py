@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 
-@dataclass(slots=True, frozen=True)
-class SseEvent:
+class SseEvent(NamedTuple):
     """One dispatched SSE event: the `event:` name (or "") and the joined `data:` lines."""
 
     event: str
     data: bytes
+
+
+# The shape nearly every gateway sends: optional `event:` line, one `data:` line, blank line.
+_SIMPLE_EVENTS = re.compile(rb"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)*")
+_SIMPLE_EVENT = re.compile(rb"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
 
 
 class SseDecoder:
@@ -49,9 +54,15 @@ class SseDecoder:
                 self._pending_cr = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        events: list[SseEvent] = []
+        if not self._has_data and not self._event:
+            # fast path: a run of simple events, parsed in C; the rest goes line by line
+            end = buf.rfind(b"\n\n") + 2
+            if end > 1 and _SIMPLE_EVENTS.fullmatch(buf, 0, end):
+                events = [SseEvent(name.decode("utf-8", "replace"), data) for name, data in _SIMPLE_EVENT.findall(buf, 0, end)]
+                buf = buf[end:]
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        events: list[SseEvent] = []
         for line in lines:
             self._line(line, events)
         return events

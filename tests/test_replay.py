@@ -1,0 +1,87 @@
+"""Every shipped recording replays through a real mitmdump bridge byte for byte; a changed byte fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from codexbridge.recording import load
+from codexbridge.replay_client import ClientReplayResult, replay_client, replay_http_client
+from support import BIN, ROOT, Process, free_port, start_mitmdump, start_process
+
+RECORDINGS = sorted((ROOT / "recordings").glob("*.jsonl"))
+
+
+def serve(tmp: Path, path: Path, *extra: str) -> Process:
+    port = free_port()
+    return start_process([str(BIN / "codexbridge"), "replay", str(path), "--serve", "--port", str(port), *extra],
+                         port, tmp / f"replay-{port}.log")
+
+
+def report(server: Process) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/__replay/report", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def replay_through_bridge(tmp: Path, path: Path) -> tuple[ClientReplayResult, dict]:
+    recording = load(str(path))
+    server = serve(tmp, path)
+    proxy = start_mitmdump(tmp, f"http://127.0.0.1:{server.port}")
+    try:
+        if recording.header.mode == "http":
+            result = asyncio.run(replay_http_client(recording, f"http://127.0.0.1:{proxy.port}"))
+        else:
+            result = asyncio.run(replay_client(recording, proxy.ws_url))
+        return result, report(server)
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+def test_recordings_are_shipped() -> None:
+    names = {p.name.rsplit("-", 1)[0] if p.stem[-1].isdigit() and "-" in p.stem else p.stem for p in RECORDINGS}
+    for scenario in ("plain-turn", "tool-call-chain", "multi-turn-thread", "upstream-error", "idle-keepalive"):
+        assert any(n.startswith(scenario) for n in names), f"recordings/{scenario}*.jsonl is missing"
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
+def test_recording_replays_exactly(tmp_path: Path, path: Path) -> None:
+    result, served = replay_through_bridge(tmp_path, path)
+    assert result.ok, result.explain()
+    assert result.expected > 0
+    assert served["divergences"] == [], served
+    assert served["posts_served"] == served["posts_total"], served
+
+
+def mutate(src: Path, dst: Path, kind: str) -> None:
+    lines = src.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines[1:], 1):
+        event = json.loads(line)
+        if event["kind"] == kind and "hi from mock" in line:
+            lines[i] = line.replace("hi from mock", "hi from mocK", 1)
+            dst.write_text("".join(lines))
+            return
+    raise AssertionError(f"no {kind} event with the text to mutate in {src.name}")
+
+
+@pytest.mark.parametrize("kind", ["to_client", "upstream_chunk"])
+def test_one_changed_byte_fails_the_replay(tmp_path: Path, kind: str) -> None:
+    source = ROOT / "recordings" / "plain-turn.jsonl"
+    mutated = tmp_path / "mutated.jsonl"
+    mutate(source, mutated, kind)
+    result, _ = replay_through_bridge(tmp_path, mutated)
+    assert not result.ok
+    assert len(result.mismatches) == 1
+    assert "mocK" in ((result.mismatches[0].expected or "") + (result.mismatches[0].actual or ""))
+
+
+def test_replay_cli_reports_a_divergence(tmp_path: Path) -> None:
+    proc = subprocess.run([str(BIN / "codexbridge"), "replay", str(ROOT / "recordings" / "plain-turn.jsonl"),
+                           "--against", "ws://127.0.0.1:1/v1/responses"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
