@@ -19,34 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from appserver import run_thread  # noqa: E402
-from support import Codex, codex_binary, start_mitmdump, start_upstream  # noqa: E402
+from support import Codex, codex_binary, quiet_codex_config, start_mitmdump, start_upstream  # noqa: E402
 
 OUT = ROOT / "recordings"
-ELIDE = 400
-QUIET = f"""
-model_instructions_file = "{OUT / 'instructions.md'}"
-include_permissions_instructions = false
-include_apps_instructions = false
-include_collaboration_mode_instructions = false
-include_environment_context = false
-project_doc_max_bytes = 0
-web_search = "disabled"
-check_for_update_on_startup = false
-[skills]
-include_instructions = false
-[agents]
-enabled = false
-[tools.experimental_request_user_input]
-enabled = false
-[analytics]
-enabled = false
-[features]
-plugins = false
-shell_snapshot = false
-goals = false
-view_image = false
-unbounded_connection_retries = false
-"""
+ELIDE = 40  # Codex's own texts (instructions, tool descriptions) are not ours to ship
 
 SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     # name: (mitmdump options, prompts; two prompts = two turns of one app-server thread)
@@ -74,7 +50,7 @@ def main() -> int:
                                        f"codexbridge_record_elide={ELIDE}", *options)
                 try:
                     codex = Codex.make(tmp)
-                    codex.configure(proxy.base_url, websockets=True, extra=QUIET)
+                    codex.configure(proxy.base_url, websockets=True, extra=quiet_codex_config(OUT / "instructions.md"))
                     if len(prompts) == 1:
                         result = codex.exec(prompts[0])
                         outcome = f"exit {result.returncode}: {result.stdout.strip()[-80:]!r}"

@@ -153,6 +153,34 @@ def codex_binary() -> str | None:
     return shutil.which("codex")
 
 
+def quiet_codex_config(instructions: Path) -> str:
+    """Config keys that keep Codex offline and its requests free of its own long texts."""
+    return f"""
+model_instructions_file = "{instructions}"
+include_permissions_instructions = false
+include_apps_instructions = false
+include_collaboration_mode_instructions = false
+include_environment_context = false
+project_doc_max_bytes = 0
+web_search = "disabled"
+check_for_update_on_startup = false
+[skills]
+include_instructions = false
+[agents]
+enabled = false
+[tools.experimental_request_user_input]
+enabled = false
+[analytics]
+enabled = false
+[features]
+plugins = false
+shell_snapshot = false
+goals = false
+view_image = false
+unbounded_connection_retries = false
+"""
+
+
 @dataclass
 class CodexRun:
     returncode: int

@@ -81,7 +81,21 @@ def test_one_changed_byte_fails_the_replay(tmp_path: Path, kind: str) -> None:
     assert "mocK" in ((result.mismatches[0].expected or "") + (result.mismatches[0].actual or ""))
 
 
-def test_replay_cli_reports_a_divergence(tmp_path: Path) -> None:
-    proc = subprocess.run([str(BIN / "codexbridge"), "replay", str(ROOT / "recordings" / "plain-turn.jsonl"),
-                           "--against", "ws://127.0.0.1:1/v1/responses"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
+def test_replay_cli_against_a_bridge(tmp_path: Path) -> None:
+    source = ROOT / "recordings" / "plain-turn.jsonl"
+    mutated = tmp_path / "mutated.jsonl"
+    mutate(source, mutated, "to_client")
+    server = serve(tmp_path, source)
+    proxy = start_mitmdump(tmp_path, f"http://127.0.0.1:{server.port}")
+    try:
+        def run(path: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(BIN / "codexbridge"), "replay", str(path), "--against", proxy.ws_url],
+                                  capture_output=True, text=True, timeout=60)
+
+        good = run(source)
+        assert good.returncode == 0 and "replay matched" in good.stderr, good.stderr
+        bad = run(mutated)
+        assert bad.returncode == 1 and "replay diverged" in bad.stderr and "mocK" in bad.stderr, bad.stderr
+    finally:
+        proxy.stop()
+        server.stop()

@@ -173,6 +173,46 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .recording import load
+    from .timeline import render, summarize
+
+    try:
+        recording = load(args.file)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot read {args.file}[/red]: {e}")
+        return 1
+    if args.json:
+        print(json.dumps(asdict(summarize(recording)), indent=2, ensure_ascii=False))
+    else:
+        render(recording, console, args.file)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .recdiff import diff, render
+    from .recording import load
+
+    try:
+        a, b = load(args.a), load(args.b)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot read a recording[/red]: {e}")
+        return 2
+    diffs = diff(a, b, timing=args.timing)
+    if args.json:
+        print(json.dumps({"equivalent": not diffs, "differences": [asdict(d) for d in diffs]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        render(diffs, console, args.a, args.b)
+    return 1 if diffs else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codexbridge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"codexbridge {__version__}")
@@ -202,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="0 replays as fast as possible (default); 1 at the recorded pace; 2 twice as fast.")
     replay.add_argument("--strict", action="store_true", help="Answer a diverging request with an error.")
     replay.set_defaults(func=cmd_replay)
+    inspect = sub.add_parser("inspect", help="Show one recording as a timeline, with a per-response summary.")
+    inspect.add_argument("file", help="A recording (.jsonl).")
+    inspect.add_argument("--json", action="store_true", help="Print only the summary, as JSON on stdout (for CI).")
+    inspect.set_defaults(func=cmd_inspect)
+    diff = sub.add_parser("diff", help="What changed between two recordings, ignoring ids and timestamps.")
+    diff.add_argument("a", help="A recording (.jsonl).")
+    diff.add_argument("b", help="Another recording (.jsonl).")
+    diff.add_argument("--timing", action="store_true", help="Also compare the numbers of pings and text keepalives.")
+    diff.add_argument("--json", action="store_true", help="Print the differences as JSON on stdout.")
+    diff.set_defaults(func=cmd_diff)
     return parser
 
 

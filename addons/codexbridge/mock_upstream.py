@@ -523,6 +523,8 @@ class MockUpstream:
                 self.active_streams -= 1
         except OSError as exc:
             log.debug("websocket response ended: %r", exc)
+        except Exception:
+            log.exception("mock upstream websocket response failed")
 
 
 def _path(req: h11.Request) -> str:

@@ -182,6 +182,9 @@ class Redactor:
 
 
 _LONG_STRING_CACHE: dict[int, re.Pattern[str]] = {}
+_MARKER = re.compile(r"<elided \d+ chars sha256:[0-9a-f]{16}>")
+# Per-run noise inside tool output; left out of an elided string's hash so that reruns hash alike.
+VOLATILE_TEXT = re.compile(r"(Chunk ID: |Wall time: )[\w.]+")
 
 
 def elide_text(text: str, over: int) -> str:
@@ -194,7 +197,9 @@ def elide_text(text: str, over: int) -> str:
 
     def marker(m: re.Match[str]) -> str:
         body = m.group(1)
-        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+        if _MARKER.fullmatch(body):
+            return m.group(0)  # already elided: elision is idempotent
+        digest = hashlib.sha256(VOLATILE_TEXT.sub(r"\1", body).encode()).hexdigest()[:16]
         return f'"<elided {len(body)} chars sha256:{digest}>"'
 
     return pattern.sub(marker, text)

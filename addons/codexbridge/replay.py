@@ -22,7 +22,7 @@ from .recording import (
 
 # Fields a client fills anew on every run; ignored when requests are compared.
 VOLATILE_KEYS = frozenset({"client_metadata", "prompt_cache_key"})
-_VOLATILE_TEXT = re.compile(r"(Chunk ID: |Wall time: )[\w.]+|\"x-codex-ws-stream-request-start-ms\":\"\d+\"")
+_VOLATILE_TEXT = re.compile(r"(Chunk ID: |Wall time: )[\w.]+|(<elided )\d+ chars ")
 _CREATED_AT = re.compile(r'"created_at":\d+')
 
 
@@ -108,7 +108,7 @@ def canonical(value: Any, names: dict[str, str] | None = None) -> Any:
     if isinstance(value, list):
         return [canonical(v, names) for v in value]
     if isinstance(value, str):
-        return _VOLATILE_TEXT.sub(lambda m: (m.group(1) or "") + "<volatile>", value)
+        return _VOLATILE_TEXT.sub(lambda m: m.group(1) + "<volatile>" if m.group(1) else m.group(2), value)
     return value
 
 

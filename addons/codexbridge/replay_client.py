@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +50,16 @@ def handshake_headers(recording: Recording) -> list[tuple[str, str]]:
             if not n.lower().startswith("sec-websocket-") and n.lower() not in ("user-agent", "content-type", "accept")]
 
 
+def learn_synthetic_id(want: str, got: str, ids: dict[str, str]) -> None:
+    """A synthetic response id hashes the request, which elision changed: map the recorded one to this run's."""
+    try:
+        a, b = json.loads(want).get("response") or {}, json.loads(got).get("response") or {}
+    except (ValueError, AttributeError):
+        return
+    if isinstance(a, dict) and isinstance(b, dict) and a.get("id") and b.get("id") and a["id"] != b["id"]:
+        ids[a["id"]] = b["id"]
+
+
 async def replay_client(recording: Recording, ws_url: str, speed: float = 0.0, settle: float = 0.3,
                         frame_timeout: float = 15.0) -> ClientReplayResult:
     """Sends the recorded client frames (at the recorded pace when speed > 0) and checks the answers."""
@@ -56,6 +67,7 @@ async def replay_client(recording: Recording, ws_url: str, speed: float = 0.0, s
     plan = turns(recording)
     expected = [(text, synthetic) for turn in plan for _, text, synthetic in turn.frames]
     result = ClientReplayResult(expected=len(expected))
+    ids: dict[str, str] = {}  # recorded synthetic response id -> the one this run produced
     async with websockets.connect(ws_url, additional_headers=handshake_headers(recording), max_size=None,
                                   compression=None, user_agent_header=None) as ws:
         started = time.monotonic()
@@ -64,13 +76,19 @@ async def replay_client(recording: Recording, ws_url: str, speed: float = 0.0, s
             if turn.client is not None:
                 if speed > 0:
                     await asyncio.sleep(max(0.0, (turn.client.t - t0) / speed - (time.monotonic() - started)))
-                await ws.send(turn.client.text if turn.client.text is not None else b"")
-            for _ in turn.frames:
+                text = turn.client.text
+                for recorded, actual in ids.items():
+                    text = text.replace(recorded, actual) if text is not None else None
+                await ws.send(text if text is not None else b"")
+            for _, want, synthetic in turn.frames:
                 try:
                     async with asyncio.timeout(frame_timeout):
-                        result.received.append(str(await ws.recv()))
+                        got = str(await ws.recv())
                 except (TimeoutError, websockets.ConnectionClosed):
                     break
+                result.received.append(got)
+                if synthetic:
+                    learn_synthetic_id(want, got, ids)
         try:
             async with asyncio.timeout(settle):
                 while True:
@@ -86,6 +104,8 @@ async def replay_client(recording: Recording, ws_url: str, speed: float = 0.0, s
         want, synthetic = exp
         got = normalizer.text(act)
         if synthetic:
+            for recorded, actual in ids.items():
+                got = got.replace(actual, recorded)
             want, got = mask_synthetic(want), mask_synthetic(got)
         if want != got:
             result.mismatches.append(FrameMismatch(i, exp[0], act))

@@ -1,0 +1,50 @@
+"""A real Codex session recorded through mitmdump, then replayed offline as Codex's only upstream."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from codexbridge.recording import load
+from support import BIN, ROOT, Codex, free_port, quiet_codex_config, start_mitmdump, start_process, start_upstream
+
+pytestmark = pytest.mark.codex
+
+
+@pytest.mark.parametrize("websockets", [True, False], ids=["replayed-over-websocket", "replayed-over-http"])
+def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, websockets: bool) -> None:
+    rec_dir = tmp_path / "rec"
+    upstream = start_upstream(tmp_path)
+    proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40")
+    codex = Codex.make(tmp_path)
+    quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
+    try:
+        codex.configure(proxy.base_url, websockets=True, extra=quiet)
+        live = codex.exec("run echo")
+    finally:
+        proxy.stop()
+    assert live.returncode == 0 and "tool said: hello-from-tool" in live.stdout, live.stderr
+    (recording,) = rec_dir.glob("*.jsonl")
+    assert load(str(recording)).complete
+
+    upstream.stop()  # offline from here on: the replay is the only upstream
+    port = free_port()
+    server = start_process([str(BIN / "codexbridge"), "replay", str(recording), "--serve", "--port", str(port)],
+                           port, tmp_path / "replay.log")
+    try:
+        codex.configure(f"http://127.0.0.1:{port}/v1", websockets=websockets, extra=quiet)
+        replayed = codex.exec("run echo")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/__replay/report", timeout=5) as r:
+            report = json.loads(r.read())
+    finally:
+        server.stop()
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live.stdout
+    assert report["divergences"] == [], report
+    if websockets:
+        assert report["turns_served"] == report["turns_total"] == 3  # prewarm, turn, tool follow-up
+    else:
+        assert report["posts_served"] == report["posts_total"] == 2

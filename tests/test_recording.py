@@ -1,0 +1,63 @@
+"""Redaction and elision rules, in memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codexbridge.recording import REDACTED, Redactor, elide_text, parse_lines
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-abcdefghijklmnop",
+        "Bearer abc.def-ghi_jkl",
+        "bearer 0123456789abcdef",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "ghp_abcdefghijklmnopqrstuvwx",
+        "AKIAABCDEFGHIJKLMNOP",
+    ],
+)
+def test_token_patterns_are_redacted(secret: str) -> None:
+    text = f'{{"input":"my secret is {secret} ok"}}'
+    out = Redactor().text(text)
+    assert secret not in out and REDACTED in out
+    json.loads(out)  # still valid JSON
+    assert Redactor().text(out) == out
+
+
+def test_secret_headers_by_name_and_extra_patterns() -> None:
+    r = Redactor([r"internal-\d{4}"])
+    headers = r.headers([("Authorization", "x"), ("Cookie", "a=b"), ("X-Api-Key", "k"), ("api-key", "k"),
+                         ("OpenAI-Organization", "org-1"), ("X-Trace", "internal-1234")])
+    assert dict(headers) == {"Authorization": REDACTED, "Cookie": REDACTED, "X-Api-Key": REDACTED,
+                             "api-key": REDACTED, "OpenAI-Organization": "org-1", "X-Trace": REDACTED}
+
+
+def test_plain_text_is_left_alone() -> None:
+    text = '{"type":"response.output_text.delta","delta":"ask- the desk-top skeptic"}'
+    assert Redactor().text(text) == text
+
+
+def test_elision_is_idempotent_and_keeps_json_valid() -> None:
+    long = "x" * 100
+    text = json.dumps({"a": long, "b": "short", "c": [long + "y"], "d": 'quote " inside ' * 10})
+    once = elide_text(text, 40)
+    assert long not in once and '"short"' in once
+    assert elide_text(once, 40) == once
+    assert elide_text(once, 10) == once.replace('"short"', '"short"')
+    parsed = json.loads(once)
+    assert parsed["a"].startswith("<elided 100 chars sha256:")
+    assert parsed["a"] != parsed["c"][0]
+
+
+def test_a_torn_last_line_is_ignored_but_a_torn_middle_is_not() -> None:
+    header = json.dumps({"tool_version": "0", "mode": "bridge", "upstream": "u", "started_at": "t",
+                         "request": {"headers": []}})
+    event = json.dumps({"kind": "ping", "t": 1.0, "payload": "p"})
+    rec = parse_lines([header, event, '{"kind": "pi'])
+    assert len(rec.events) == 1 and not rec.complete
+    with pytest.raises(ValueError):
+        parse_lines([header, '{"kind": "pi', event])
