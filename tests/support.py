@@ -105,14 +105,63 @@ class Upstream(Process):
         self._get("/__mock/reset", "POST")
 
 
-def start_upstream(tmp: Path) -> Upstream:
+def start_upstream(tmp: Path, *flags: str) -> Upstream:
+    """The mock upstream; flags such as --websocket (it then speaks the WebSocket mode too) or --tls-cert."""
     port = free_port()
     p = start_process(
-        [str(BIN / "python"), "-m", "codexbridge.mock_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        [str(BIN / "python"), "-m", "codexbridge.mock_upstream", "--host", "127.0.0.1", "--port", str(port), *flags],
         port,
         tmp / f"upstream-{port}.log",
     )
     return Upstream(p.proc, p.port, p.log_path)
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {tmp}/error.log info;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            {extra}
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(tmp: Path, backend: int, extra: str = "") -> Process:
+    """A real nginx in front of `backend`, with the usual WebSocket location plus `extra` directives."""
+    binary = nginx_binary()
+    need("nginx (scripts/setup.sh --test installs it)", binary is not None)
+    assert binary is not None
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="nginx-", dir=tmp))
+    conf = home / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=home, port=port, backend=backend, extra=extra))
+    return start_process([binary, "-p", str(home), "-c", str(conf), "-g", "daemon off;"], port, home / "stdout.log")
 
 
 @dataclass
@@ -206,19 +255,21 @@ class Codex:
         work = Path(tempfile.mkdtemp(prefix="codex-work-", dir=tmp))
         return cls(binary, home, work)
 
-    def configure(self, base_url: str, websockets: bool = True, extra: str = "") -> None:
+    def configure(self, base_url: str, websockets: bool = True, extra: str = "",
+                  provider: dict[str, Any] | None = None) -> None:
+        settings: dict[str, Any] = {
+            "name": "Local mock",
+            "base_url": base_url,
+            "env_key": "MOCK_API_KEY",
+            "wire_api": "responses",
+            "request_max_retries": 0,
+            "stream_max_retries": 1,
+            "supports_websockets": websockets,
+            **(provider or {}),
+        }
+        lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         (self.home / "config.toml").write_text(
-            'model = "gpt-5.5"\n'
-            'model_provider = "mock"\n'
-            f"{extra}\n"
-            "[model_providers.mock]\n"
-            'name = "Local mock"\n'
-            f'base_url = "{base_url}"\n'
-            'env_key = "MOCK_API_KEY"\n'
-            'wire_api = "responses"\n'
-            "request_max_retries = 0\n"
-            "stream_max_retries = 1\n"
-            f"supports_websockets = {'true' if websockets else 'false'}\n"
+            'model = "gpt-5.5"\nmodel_provider = "mock"\n' + extra + "\n[model_providers.mock]\n" + "\n".join(lines) + "\n"
         )
 
     def run(self, *args: str, timeout: float = 120) -> CodexRun:

@@ -92,8 +92,9 @@ def bridge_session(tag: str = "a", scale: float = 1.0, deltas: tuple[str, ...] =
     ]
     for e in events:
         e.t = round(e.t * scale, 6)
-    header = Header(tool_version="0.1.0", mode="bridge", upstream=url, started_at=f"2026-01-01T00:00:0{ord(tag[0]) % 9}Z",
-                    request=HttpMessage(method="GET", url=url, headers=headers), elide_over=400)
+    header = Header(tool_version="0.1.0", mode="bridge", upstream=url, elide_over=400,
+                    started_at=f"2026-01-01T00:00:0{ord(tag[0]) % 9}Z",
+                    request=HttpMessage(method="GET", url=url, headers=headers))
     return Recording(header=header, events=events)
 
 
@@ -194,7 +195,8 @@ def test_diff_extra_client_frame(tmp_path: Path, session_file: Path, where: int)
     run = cli("diff", session_file, write(tmp_path / "b.jsonl", rec), "--json")
     assert run.returncode == 1
     [found] = json.loads(run.stdout)["differences"]
-    assert (found["section"], found["a"], found["b"], found["what"]) == ("events", None, str(where), "client_frame create")
+    assert (found["section"], found["a"], found["b"]) == ("events", None, str(where))
+    assert found["what"] == "client_frame create"
     assert found["detail"].startswith('only in B: {"input": [{"type": "message", "id": "<id:')
     assert "only in B" in cli("diff", session_file, tmp_path / "b.jsonl").stderr
 

@@ -126,3 +126,58 @@ def test_unanswered_ping_closes_client_1011_and_handles_upstream(
 
     asyncio.run(go())
     assert "stage=downstream_ping_timeout" in proxy.log
+
+
+@pytest.fixture(scope="module")
+def ws_upstream(module_tmp: Path) -> Iterator[Upstream]:
+    from support import start_upstream
+
+    up = start_upstream(module_tmp, "--websocket")
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def passthrough(module_tmp: Path, ws_upstream: Upstream) -> Iterator[Mitmdump]:
+    proxy = start_mitmdump(module_tmp, ws_upstream.url, "codexbridge_mode=passthrough",
+                           "codexbridge_ping_interval=2", "codexbridge_ping_timeout=1")
+    yield proxy
+    proxy.stop()
+
+
+def test_passthrough_pings_client_and_never_forwards_our_pongs(passthrough: Mitmdump, ws_upstream: Upstream) -> None:
+    ws_upstream.reset()
+
+    async def go() -> None:
+        ws = await RawWebSocket.connect(passthrough.port)
+        await ws.send_json(create("hi"))
+        assert (await until_terminal(ws))[-1]["type"] == "response.completed"
+        await asyncio.sleep(4.6)
+        assert len(ws.pings) >= 2, "idle passthrough clients are pinged too"
+        await ws.ping(b"from-the-client")
+        await asyncio.sleep(0.5)
+        assert ws.close_code is None
+        await ws.close()
+
+    asyncio.run(go())
+    stats = ws_upstream.stats()
+    assert stats["ws_pongs_received"] == 0, "a pong answering our ping reached the upstream"
+    assert stats["ws_pings_received"] == 1, "a client's own ping is relayed"
+    assert "stage=downstream_ping_ok" in passthrough.log
+
+
+def test_passthrough_client_without_pongs_is_closed_1011(passthrough: Mitmdump, ws_upstream: Upstream) -> None:
+    ws_upstream.reset()
+
+    async def go() -> None:
+        ws = await RawWebSocket.connect(passthrough.port, answer_pings=False)
+        await ws.send_json(create("[[sleep:8]] slow"))
+        assert (await ws.recv_json())["type"] == "response.created"
+        async with asyncio.timeout(8):
+            await ws.closed.wait()
+        assert ws.close_code == 1011 and "pong" in (ws.close_reason or "")
+        assert await wait_for(lambda: ws_upstream.stats()["ws_open"] == 0, 3), "the upstream socket must be closed"
+        ws.abort()
+
+    asyncio.run(go())
+    assert "stage=downstream_ping_timeout" in passthrough.log

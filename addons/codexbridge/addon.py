@@ -325,6 +325,7 @@ class CodexBridge:
                     flow.response = refusal
                 if flow.response is not None and flow.response.status_code == 101:
                     flow.websocket = WebSocketData()  # mitmproxy decided before this hook that it was not one
+                    mitm.detach_server(flow)
                 return
         if status != 101:
             plan = mitm.forget_flow(flow)

@@ -113,6 +113,14 @@ def forget_flow(flow: http.HTTPFlow) -> FlowPlan | None:
     return _plans.pop(flow.id, None)
 
 
+def detach_server(flow: http.HTTPFlow) -> None:
+    """For an upgrade the upstream refused and the bridge took over: the refusing connection (still in the
+    HTTP layer's table, its stream finished) must not be where injected events are routed."""
+    from mitmproxy.connection import Server
+
+    flow.server_conn = Server(address=None)
+
+
 def _placeholder() -> WebSocketMessage:
     return WebSocketMessage(Opcode.TEXT, False, b"")
 
@@ -152,7 +160,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.hooks is None:
-            yield from ws_layers.WebsocketLayer.start(self, event)
+            yield from _stock_layer.start(self, event)
             self.client_ws.__class__ = ClientWebsocket
         else:
             # The synthetic 101 negotiated no extension: frames are plain.

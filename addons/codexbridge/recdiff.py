@@ -79,6 +79,12 @@ def mask_ids(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
+def _path(url: str) -> str:
+    """A URL without its scheme and host (a recording's upstream usually listens on a random port)."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def _parse(text: str) -> Any:
     try:
         return json.loads(text)
@@ -94,7 +100,7 @@ def significant(rec: Recording) -> list[Item]:
             out.append(Item(str(i), "client_frame", canonical(_parse(e.text), names) if e.text is not None
                             else f"binary {e.b64}"))
         elif isinstance(e, UpstreamRequest):
-            out.append(Item(str(i), "upstream_request", {"request": f"{e.method} {urlsplit(e.url).path}",
+            out.append(Item(str(i), "upstream_request", {"request": f"{e.method} {_path(e.url)}",
                                                          "body": canonical(_parse(e.body), names)}))
         elif isinstance(e, (ToClient, ServerFrame)):
             texts = e.frames if isinstance(e, ToClient) else [e.text] if e.text is not None else []
@@ -117,8 +123,8 @@ def _header_view(h: Header) -> dict[str, Any]:
     for n, v in h.request.headers:
         headers.setdefault(n.lower(), []).append("<volatile>" if n.lower() in VOLATILE_HEADERS else v)
     return {
-        "mode": h.mode, "upstream path": urlsplit(h.upstream).path,
-        "request": f"{h.request.method or ''} {urlsplit(h.request.url or '').path}".strip(),
+        "mode": h.mode, "upstream path": _path(h.upstream),
+        "request": f"{h.request.method or ''} {_path(h.request.url or '')}".strip(),
         "elide_over": h.elide_over, "redaction": h.redaction, "request headers": headers,
     }
 
@@ -170,9 +176,10 @@ def diff(a: Recording, b: Recording, timing: bool = False) -> list[Difference]:
 
 def render(diffs: list[Difference], console: Console, name_a: str = "A", name_b: str = "B") -> None:
     if not diffs:
-        console.print(f"[green]recordings are equivalent[/green] ({name_a}, {name_b})")
+        console.print(f"[green]recordings are equivalent[/green] ({escape(name_a)}, {escape(name_b)})")
         return
-    console.print(f"[bold]{len(diffs)} difference(s)[/bold]  A = {name_a}  B = {name_b}  (# = event index)")
+    console.print(f"[bold]{len(diffs)} difference(s)[/bold]  A = {escape(name_a)}  B = {escape(name_b)}"
+                  "  (# = event index)")
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("section", no_wrap=True)
     table.add_column("A #", justify="right", no_wrap=True)

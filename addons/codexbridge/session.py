@@ -313,6 +313,6 @@ class BridgeSession:
             self.closed_callback(self)
         s = self.stats
         log.debug(
-            "stage=session_end frames_in=%d frames_out=%d bytes_out=%d responses=%d errors=%d duration=%.3fs",
+            "stage=bridge_end frames_in=%d frames_out=%d bytes_out=%d responses=%d errors=%d duration=%.3fs",
             s.client_frames, s.server_frames, s.server_bytes, s.responses, s.errors, time.monotonic() - s.started,
         )

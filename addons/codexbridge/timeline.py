@@ -183,7 +183,8 @@ def summarize(rec: Recording) -> Summary:
             s.errors.append(Problem(_ms(e), "error_event", message=f"{e.where}: {e.message}"))
         elif isinstance(e, Close):
             s.close = f"{e.code} by {e.by}" + (f" ({e.reason})" if e.reason else "")
-    s.errors.sort(key=lambda p: p.t_ms)
+    for problems in (s.errors, *(r.errors for r in s.responses)):
+        problems.sort(key=lambda p: p.t_ms)
     if rtts:
         s.rtt_ms_avg, s.rtt_ms_max = round(sum(rtts) / len(rtts), 3), max(rtts)
     return s
@@ -316,7 +317,9 @@ def render_summary(s: Summary, console: Console) -> None:
         u = r.usage or {}
         tokens = "/".join(str(u.get(k, "?")) for k in ("input_tokens", "output_tokens", "total_tokens")) if u else "—"
         end = escape((r.status or "never ended").removeprefix("response.")) + (" (prewarm)" if r.prewarm else "")
-        end += "".join(f" [red]{p.status} {escape(str(p.code))}[/]" for p in r.errors)
+        end += ": " * bool(r.errors) + ", ".join(
+            f"[red]{'upstream ' * (p.source == 'upstream_status')}{p.status}{escape(' ' + p.code if p.code else '')}[/]"
+            for p in r.errors)
         table.add_row(rid if len(rid) <= 20 else f"{rid[:11]}…{rid[-8:]}", str(r.client_event), _f(r.first_event_ms),
                       _f(r.ttft_ms), _f(r.duration_ms), f"{r.deltas} ({r.delta_chars})", tokens, end)
     console.print(table if s.responses else "no responses")

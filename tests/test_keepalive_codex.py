@@ -1,0 +1,119 @@
+"""Long silent turns with the real Codex CLI: behind a real nginx, past Codex's own idle timer, and in
+passthrough and auto mode against an upstream that speaks the WebSocket mode itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import Codex, Upstream, start_mitmdump, start_nginx, start_upstream
+
+pytestmark = pytest.mark.codex
+
+SILENT_TURN = "[[sleep:10]] take your time"
+
+
+@pytest.fixture
+def codex(tmp_path: Path) -> Codex:
+    return Codex.make(tmp_path)
+
+
+@pytest.mark.parametrize(("interval", "succeeds"), [(2, True), (0, False)], ids=["pings-on", "pings-off"])
+def test_silent_turn_behind_nginx_with_short_read_timeout(
+    codex: Codex, upstream: Upstream, module_tmp: Path, tmp_path: Path, interval: int, succeeds: bool
+) -> None:
+    proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_ping_interval={interval}", "codexbridge_ping_timeout=1")
+    nginx = start_nginx(tmp_path, proxy.port, "proxy_read_timeout 3s;")
+    try:
+        codex.configure(f"http://127.0.0.1:{nginx.port}/v1", websockets=True, provider={"stream_max_retries": 0})
+        t0 = time.monotonic()
+        result = codex.exec(SILENT_TURN, timeout=90)
+        elapsed = time.monotonic() - t0
+    finally:
+        nginx.stop()
+        proxy.stop()
+    if succeeds:
+        assert result.returncode == 0, result.stderr
+        assert "hi from mock" in result.stdout
+        assert elapsed >= 10
+        assert "stage=downstream_ping_ok" in proxy.log
+    else:
+        assert result.returncode != 0
+        assert "hi from mock" not in result.stdout
+        assert "stream disconnected before completion" in result.stderr or "closed" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("keepalive", "succeeds"), [(1, True), (0, False)], ids=["text-keepalive", "default-off"])
+def test_text_keepalive_beats_codex_idle_timeout(
+    codex: Codex, upstream: Upstream, module_tmp: Path, keepalive: int, succeeds: bool
+) -> None:
+    options = [f"codexbridge_text_keepalive={keepalive}"] if keepalive else []
+    proxy = start_mitmdump(module_tmp, upstream.url, *options)
+    try:
+        codex.configure(proxy.base_url, websockets=True,
+                        provider={"stream_idle_timeout_ms": 3000, "stream_max_retries": 0})
+        result = codex.exec("[[sleep:6]] slow thinker", timeout=90)
+    finally:
+        proxy.stop()
+    if succeeds:
+        assert result.returncode == 0, result.stderr
+        assert "hi from mock" in result.stdout
+        assert "\"keepalive\"" not in result.stdout + result.stderr, "the keepalive frame must be invisible"
+        assert "unhandled" not in result.stdout + result.stderr
+        assert "stage=text_keepalive" in proxy.log
+    else:
+        assert result.returncode != 0
+        assert "idle timeout" in result.stderr, result.stderr
+        assert "stage=text_keepalive" not in proxy.log
+
+
+@pytest.fixture(scope="module")
+def ws_upstream(module_tmp: Path) -> Iterator[Upstream]:
+    up = start_upstream(module_tmp, "--websocket")
+    yield up
+    up.stop()
+
+
+def test_passthrough_mode_with_codex(codex: Codex, ws_upstream: Upstream, module_tmp: Path) -> None:
+    ws_upstream.reset()
+    proxy = start_mitmdump(module_tmp, ws_upstream.url, "codexbridge_mode=passthrough")
+    try:
+        codex.configure(proxy.base_url, websockets=True)
+        result = codex.exec("run echo")
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.stderr
+    assert "tool said: hello-from-tool" in result.stdout
+    methods = [r["method"] for r in ws_upstream.requests()]
+    assert methods and set(methods) == {"WS"}, methods
+    assert ws_upstream.stats()["ws_connections"] >= 1
+
+
+@pytest.mark.parametrize("upstream_kind", ["websocket", "sse-only"])
+def test_auto_mode_with_codex(codex: Codex, ws_upstream: Upstream, upstream: Upstream, module_tmp: Path,
+                              upstream_kind: str) -> None:
+    target = ws_upstream if upstream_kind == "websocket" else upstream
+    target.reset()
+    proxy = start_mitmdump(module_tmp, target.url, "codexbridge_mode=auto")
+    try:
+        codex.configure(proxy.base_url, websockets=True)
+        first = codex.exec("say hi")
+        second = codex.exec("say hi")
+    finally:
+        proxy.stop()
+    for result in (first, second):
+        assert result.returncode == 0, result.stderr
+        assert "hi from mock" in result.stdout
+    stats = target.stats()
+    methods = [r["method"] for r in target.requests()]
+    if upstream_kind == "websocket":
+        assert set(methods) == {"WS"}
+        assert stats["ws_connections"] == 2
+    else:
+        assert stats["upgrade_attempts"] == 1, "the refusal is remembered: one probe, then bridged"
+        assert set(methods) == {"POST"} and len(methods) == 2
+        assert "Falling back" not in first.stderr + second.stderr
+    assert "stage=auto_probe" in proxy.log
