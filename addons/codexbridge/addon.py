@@ -133,6 +133,25 @@ class CodexBridge:
             "its length and SHA-256 (replay stays exact on such files); 0 keeps everything.",
         )
         loader.add_option(
+            "codexbridge_max_stored_bytes", int, 64 * 1024 * 1024,
+            "Approximate bytes of conversation history kept per connection for previous_response_id "
+            "continuations and forks; the least recently used response is forgotten first. 0 means no byte bound.",
+        )
+        loader.add_option(
+            "codexbridge_max_lanes", int, 32,
+            "Distinct named stream_id lanes one connection may use; one more gets the "
+            "websocket_stream_limit_reached error event.",
+        )
+        loader.add_option(
+            "codexbridge_max_active", int, 16,
+            "Responses one connection may stream at once across its lanes; further creates wait their turn.",
+        )
+        loader.add_option(
+            "codexbridge_max_queued", int, 64,
+            "Creates one connection may have waiting for their lane or an active slot; one more gets a 429 "
+            "too_many_queued_responses error event.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -154,7 +173,7 @@ class CodexBridge:
         if "codexbridge_text_keepalive" in updated and opts.codexbridge_text_keepalive < 0:
             raise exceptions.OptionsError("codexbridge_text_keepalive must be 0 (off) or positive.")
         for name in ("codexbridge_connect_timeout", "codexbridge_read_timeout", "codexbridge_max_stored_responses",
-                     "codexbridge_auto_ttl"):
+                     "codexbridge_auto_ttl", "codexbridge_max_lanes", "codexbridge_max_active", "codexbridge_max_queued"):
             if name in updated and getattr(opts, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1.")
         if "codexbridge_max_frame_bytes" in updated and opts.codexbridge_max_frame_bytes < 0:
@@ -173,6 +192,8 @@ class CodexBridge:
                 except re.error as e:
                     raise exceptions.OptionsError(f"codexbridge_record_redact: bad pattern {pattern!r}: {e}")
             self.redactor = Redactor(opts.codexbridge_record_redact)
+        if "codexbridge_max_stored_bytes" in updated and opts.codexbridge_max_stored_bytes < 0:
+            raise exceptions.OptionsError("codexbridge_max_stored_bytes must be 0 (no bound) or positive.")
         if "codexbridge_record_elide" in updated and opts.codexbridge_record_elide < 0:
             raise exceptions.OptionsError("codexbridge_record_elide must be 0 (off) or positive.")
         if "codexbridge_mode" in updated and opts.codexbridge_mode != "off" and not opts.websocket:
@@ -278,7 +299,11 @@ class CodexBridge:
             settings=self._settings(flow),
             on_disconnect=opts.codexbridge_on_disconnect,
             max_responses=opts.codexbridge_max_stored_responses,
+            max_stored_bytes=opts.codexbridge_max_stored_bytes,
             max_frame_bytes=opts.codexbridge_max_frame_bytes,
+            max_lanes=opts.codexbridge_max_lanes,
+            max_active=opts.codexbridge_max_active,
+            max_queued=opts.codexbridge_max_queued,
         )
         try:
             channel = mitm.MitmChannel(flow)

@@ -177,13 +177,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
+    from rich.markup import escape
+
     from .recording import load
     from .timeline import render, summarize
 
     try:
         recording = load(args.file)
     except (OSError, ValueError) as e:
-        console.print(f"[red]cannot read {args.file}[/red]: {e}")
+        console.print(f"[red]cannot read {escape(args.file)}[/red]: {escape(str(e))}")
         return 1
     if args.json:
         print(json.dumps(asdict(summarize(recording)), indent=2, ensure_ascii=False))
@@ -196,13 +198,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
+    from rich.markup import escape
+
     from .recdiff import diff, render
     from .recording import load
 
     try:
         a, b = load(args.a), load(args.b)
     except (OSError, ValueError) as e:
-        console.print(f"[red]cannot read a recording[/red]: {e}")
+        console.print(f"[red]cannot read a recording[/red]: {escape(str(e))}")
         return 2
     diffs = diff(a, b, timing=args.timing)
     if args.json:

@@ -29,6 +29,7 @@ class PreparedRequest:
     full_input: list[Any]
     generate: bool
     previous_response_id: str | None
+    history_bytes: int = 0  # approximate size of full_input, for the store's byte bound
 
 
 @dataclass(slots=True)
@@ -39,14 +40,20 @@ class ResponseTracker:
     response_id: str | None = None
     output_items: list[Any] = field(default_factory=list)
     terminal: str | None = None  # type of the terminal event, once seen
+    output_bytes: int = 0
+    last_sequence: int = 0
 
-    def observe(self, event: dict[str, Any]) -> None:
-        """Feeds one parsed server event."""
+    def observe(self, event: dict[str, Any], size: int = 0) -> None:
+        """Feeds one parsed server event (`size`: its length on the wire)."""
         kind = event.get("type")
+        seq = event.get("sequence_number")
+        if isinstance(seq, int):
+            self.last_sequence = seq
         if kind == "response.output_item.done":
             item = event.get("item")
             if item is not None:
                 self.output_items.append(item)
+                self.output_bytes += size
         elif kind in TERMINAL_EVENTS:
             self.terminal = kind
             response = event.get("response")
@@ -76,19 +83,38 @@ def as_input_list(value: Any) -> list[Any]:
     raise ClientFrameError("invalid_type", "'input' must be a string or an array of items.", param="input")
 
 
+@dataclass(slots=True)
+class Stored:
+    history: list[Any]
+    nbytes: int
+    lane: str | None
+
+
 class Conversation:
     """Per-connection continuation state: response id -> the full history after that response.
 
-    Only completed responses can be continued. The store is bounded; the oldest entry is
-    evicted first, and continuing an evicted id yields `previous_response_not_found`.
+    Only completed responses can be continued, from any lane (a fork). The store is bounded by
+    count and by (approximate) bytes; the least recently used entry goes first, and continuing
+    an evicted id yields `previous_response_not_found`.
     """
 
-    def __init__(self, max_responses: int = 8) -> None:
+    def __init__(self, max_responses: int = 8, max_bytes: int = 0) -> None:
         self.max_responses = max(1, max_responses)
-        self._histories: OrderedDict[str, list[Any]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._histories: OrderedDict[str, Stored] = OrderedDict()
+        self._bytes = 0
 
     def __contains__(self, response_id: str) -> bool:
         return response_id in self._histories
+
+    def lane_of(self, response_id: str) -> str | None:
+        stored = self._histories.get(response_id)
+        return stored.lane if stored else None
+
+    def forget(self, response_id: str) -> None:
+        stored = self._histories.pop(response_id, None)
+        if stored is not None:
+            self._bytes -= stored.nbytes
 
     def prepare(self, frame: dict[str, Any]) -> PreparedRequest:
         """Turns a validated response.create frame into the upstream request it stands for."""
@@ -98,16 +124,18 @@ class Conversation:
                 "invalid_type", "'previous_response_id' must be a string.", param="previous_response_id"
             )
         raw_input = frame.get("input", [])
+        parent_bytes = 0
         if previous:
-            history = self._histories.get(previous)
-            if history is None:
+            stored = self._histories.get(previous)
+            if stored is None:
                 raise ClientFrameError(
                     "previous_response_not_found",
                     f"Previous response with id '{previous}' not found.",
                     param="previous_response_id",
                 )
             self._histories.move_to_end(previous)
-            full_input: Any = history + as_input_list(raw_input)
+            parent_bytes = stored.nbytes
+            full_input: Any = stored.history + as_input_list(raw_input)
         else:
             full_input = raw_input
             as_input_list(raw_input)  # validates the type
@@ -120,14 +148,18 @@ class Conversation:
             body["input"] = full_input
         body["stream"] = True
         generate = frame.get("generate", True) is not False
-        return PreparedRequest(body, as_input_list(full_input), generate, previous or None)
+        return PreparedRequest(body, as_input_list(full_input), generate, previous or None, parent_bytes)
 
-    def remember(self, response_id: str, history: list[Any]) -> None:
+    def remember(self, response_id: str, history: list[Any], nbytes: int = 0, lane: str | None = None) -> None:
         """Stores the history after a completed response."""
-        self._histories[response_id] = history
-        self._histories.move_to_end(response_id)
-        while len(self._histories) > self.max_responses:
-            self._histories.popitem(last=False)
+        self.forget(response_id)
+        self._histories[response_id] = Stored(history, nbytes, lane)
+        self._bytes += nbytes
+        while len(self._histories) > self.max_responses or (
+            self.max_bytes and self._bytes > self.max_bytes and len(self._histories) > 1
+        ):
+            _, old = self._histories.popitem(last=False)
+            self._bytes -= old.nbytes
 
 
 def validate_client_frame(frame: Any) -> dict[str, Any]:

@@ -1,34 +1,28 @@
-"""One bridged WebSocket: client frames in, one streaming POST per response.create, events out."""
+"""One bridged WebSocket: client frames in; lanes, steering and one streaming POST per response out."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
-from .conversation import ClientFrameError, Conversation, PreparedRequest, ResponseTracker, validate_client_frame
+from . import steering
+from .conversation import ClientFrameError, Conversation, PreparedRequest, validate_client_frame
 from .frames import dumps, error_frame, synthetic_prewarm, synthetic_response_id
-from .headers import error_headers, upstream_request_headers
-from .sse import SseDecoder
+from .headers import upstream_request_headers
+from .response_run import ResponseRun
+from .steering import PendingSteers, Steer, SteerError
 from .upstream import UpstreamPool, UpstreamSettings
 
 if TYPE_CHECKING:
     from .recorder import SessionRecorder
 
 log = logging.getLogger("codexbridge.session")
-
-# Events whose content the bridge must read; every other event is forwarded without parsing.
-_NEEDS_PARSE = re.compile(
-    rb"response\.(?:output_item\.done|completed|failed|incomplete|cancelled|created)|\"error\""
-)
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class ClientChannel(Protocol):
@@ -38,7 +32,7 @@ class ClientChannel(Protocol):
         """Sends text frames in order; resolves False when the client cannot be written to."""
 
     def response_state(self, in_flight: bool) -> None:
-        """A response started or ended (the text keepalive runs only in between)."""
+        """Responses started or all ended (the text keepalive runs only in between)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +41,11 @@ class SessionConfig:
     settings: UpstreamSettings
     on_disconnect: str = "cancel"  # or "drain"
     max_responses: int = 8
+    max_stored_bytes: int = 0
     max_frame_bytes: int = 0
+    max_lanes: int = 32  # distinct named stream ids per connection
+    max_active: int = 16  # responses streaming at once per connection; more wait their turn
+    max_queued: int = 64  # creates waiting for a lane or an active slot
 
 
 @dataclass(slots=True)
@@ -60,28 +58,34 @@ class SessionStats:
     errors: int = 0
 
 
+@dataclass(slots=True)
+class Lane:
+    stream_id: str | None
+    waiting: deque[PreparedRequest] = field(default_factory=deque)
+    active: ResponseRun | None = None
+
+
 class BridgeSession:
     """Serves one client connection; never raises into the proxy."""
 
-    def __init__(
-        self,
-        config: SessionConfig,
-        handshake_headers: list[tuple[str, str]],
-        channel: ClientChannel,
-        pool: UpstreamPool,
-    ) -> None:
+    def __init__(self, config: SessionConfig, handshake_headers: list[tuple[str, str]], channel: ClientChannel,
+                 pool: UpstreamPool) -> None:
         self.config = config
         self.channel = channel
         self.pool = pool
         self.request_headers = upstream_request_headers(handshake_headers)
-        self.conversation = Conversation(config.max_responses)
+        self.conversation = Conversation(config.max_responses, config.max_stored_bytes)
         self.stats = SessionStats(started=time.monotonic())
-        self.client_gone = False
-        self._task: asyncio.Task[None] | None = None
-        self.closed = asyncio.Event()
         self.max_frame_bytes = config.max_frame_bytes
+        self.client_gone = False
+        self.closed = asyncio.Event()
         self.closed_callback: Callable[[BridgeSession], None] | None = None
         self.recorder: SessionRecorder | None = None
+        self.lanes: dict[str | None, Lane] = {None: Lane(None)}
+        self.runs: set[ResponseRun] = set()
+        self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
+        self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
+        self._steer_ids = 0
 
     # -- client side ------------------------------------------------------------------------
 
@@ -94,34 +98,12 @@ class BridgeSession:
             return [self._client_error(ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}"))]
         except ClientFrameError as e:
             return [self._client_error(e)]
-        if frame["type"] != "response.create":
-            log.debug("ignoring client event %r", frame["type"])
-            return []
-        if self._task is not None and not self._task.done():
-            return [
-                self._client_error(
-                    ClientFrameError(
-                        "response_already_in_progress",
-                        "A response is already in progress on this connection; wait for its terminal event.",
-                    )
-                )
-            ]
-        try:
-            prepared = self.conversation.prepare(frame)
-        except ClientFrameError as e:
-            return [self._client_error(e)]
-        log.debug(
-            "stage=response_create previous_response_id=%s new_items=%d full_items=%d generate=%s",
-            prepared.previous_response_id, len(frame.get("input") or []), len(prepared.full_input), prepared.generate,
-        )
-        if not prepared.generate:
-            response_id = synthetic_response_id(dumps(prepared.body))
-            self.conversation.remember(response_id, prepared.full_input)
-            self.stats.responses += 1
-            frames = synthetic_prewarm(prepared.body, response_id)
-            self._count(frames)
-            return frames
-        self._task = asyncio.get_running_loop().create_task(self._respond(prepared), name="codexbridge response")
+        kind = frame["type"]
+        if kind == "response.create":
+            return self._create(frame, len(text))
+        if kind == "response.steer":
+            return self._steer(frame)
+        log.debug("ignoring client event %r", kind)
         return []
 
     def on_client_error(self, error: ClientFrameError) -> list[bytes]:
@@ -134,153 +116,197 @@ class BridgeSession:
         if self.client_gone:
             return
         self.client_gone = True
-        task = self._task
-        if task is not None and not task.done():
-            if self.config.on_disconnect == "drain":
-                log.info("client left mid-response; draining the upstream to its end")
-            else:
-                task.cancel()
-        else:
+        for lane in self.lanes.values():
+            lane.waiting.clear()
+        live = [run for run in self.runs if run.task is not None and not run.task.done()]
+        if not live:
             self._finish()
+        elif self.config.on_disconnect == "drain":
+            log.info("client left mid-response; draining the upstream to its end")
+        else:
+            for run in live:
+                assert run.task is not None
+                run.task.cancel()
 
-    # -- upstream side ----------------------------------------------------------------------
+    # -- response.create --------------------------------------------------------------------
 
-    async def _respond(self, prepared: PreparedRequest) -> None:
-        tracker = ResponseTracker(prepared.full_input)
-        self.channel.response_state(True)
+    def _create(self, frame: dict[str, Any], size: int) -> list[bytes]:
+        lane_id = None
         try:
-            await self._stream(prepared, tracker)
+            lane_id = steering.check_stream_id(frame.get("stream_id"))
+            lane = self._lane(lane_id)
+            if lane_id is None and lane.active is not None:
+                raise ClientFrameError("response_already_in_progress",
+                                       "A response is already in progress on this connection; wait for its terminal event.")
+            queued = sum(len(la.waiting) for la in self.lanes.values())
+            if queued >= self.config.max_queued:
+                raise ClientFrameError("too_many_queued_responses",
+                                       f"{queued} responses are already waiting on this connection.", status=429)
+            frame = self._with_pending_steers(frame)
+            prepared = self.conversation.prepare({k: v for k, v in frame.items() if k != "stream_id"})
+        except ClientFrameError as e:
+            return [self._client_error(e, lane_id)]
+        prepared.history_bytes += size
+        log.debug(
+            "stage=response_create lane=%s previous_response_id=%s new_items=%d full_items=%d generate=%s",
+            lane_id, prepared.previous_response_id, len(frame.get("input") or []), len(prepared.full_input),
+            prepared.generate,
+        )
+        if not prepared.generate and lane.active is None and not lane.waiting:
+            return self._prewarm(prepared, lane_id)
+        lane.waiting.append(prepared)
+        self._schedule(lane)
+        return []
+
+    def _lane(self, lane_id: str | None) -> Lane:
+        lane = self.lanes.get(lane_id)
+        if lane is None:
+            if len(self.lanes) - 1 >= self.config.max_lanes:
+                raise ClientFrameError("websocket_stream_limit_reached",
+                                       f"This connection already uses {self.config.max_lanes} stream ids.")
+            lane = self.lanes[lane_id] = Lane(lane_id)
+        return lane
+
+    def _prewarm(self, prepared: PreparedRequest, lane_id: str | None) -> list[bytes]:
+        response_id = synthetic_response_id(dumps(prepared.body))
+        self.conversation.remember(response_id, prepared.full_input, prepared.history_bytes, lane_id)
+        self.stats.responses += 1
+        frames = synthetic_prewarm(prepared.body, response_id)
+        if lane_id is not None:
+            prefix = steering.stream_prefix(lane_id)
+            frames = [steering.tag(f, prefix) for f in frames]
+        self._count(frames)
+        return frames
+
+    def _schedule(self, lane: Lane | None = None) -> None:
+        """Starts waiting work: FIFO per lane, at most max_active responses at once."""
+        if lane is not None and lane.active is None and lane.waiting and lane not in self.ready:
+            self.ready.append(lane)
+        while self.ready and len(self.runs) < self.config.max_active and not self.client_gone:
+            ready = self.ready.popleft()
+            if ready.active is not None or not ready.waiting:
+                continue
+            prepared = ready.waiting.popleft()
+            if not prepared.generate:
+                frames = self._prewarm(prepared, ready.stream_id)
+                asyncio.get_running_loop().create_task(self._send(frames, True))
+                if ready.waiting:
+                    self.ready.append(ready)
+                continue
+            self._start(ready, prepared)
+
+    def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
+        client = self.pool.client(self.config.settings)
+        run = ResponseRun(prepared, lane.stream_id, client, self.config.upstream_url, self.request_headers,
+                          self._send, self.recorder)
+        lane.active = run
+        if not self.runs:
+            self.channel.response_state(True)
+        self.runs.add(run)
+        run.task = asyncio.get_running_loop().create_task(self._respond(run, lane), name="codexbridge response")
+        return run
+
+    async def _respond(self, run: ResponseRun, lane: Lane) -> None:
+        try:
+            await run.run()
         except asyncio.CancelledError:
             log.debug("upstream request cancelled")
         except Exception as e:  # never let one session take the proxy down
             log.exception("bridge error: %s", e)
-            await self._send_error([error_frame(500, "bridge_error", f"codexbridge internal error: {e}")])
+            await run.error(error_frame(500, "bridge_error", f"codexbridge internal error: {e}"))
         finally:
-            self.channel.response_state(False)
             self.stats.responses += 1
-            if self.client_gone:
-                self._finish()
+            self.runs.discard(run)
+            lane.active = None
+            try:
+                await self._finished(run, lane)
+            finally:
+                if not self.runs:
+                    self.channel.response_state(False)
+                if self.client_gone:
+                    if not self.runs:
+                        self._finish()
+                else:
+                    self._schedule(lane)
 
-    async def _stream(self, prepared: PreparedRequest, tracker: ResponseTracker) -> None:
-        client = self.pool.client(self.config.settings)
-        body = dumps(prepared.body)
-        request = client.build_request("POST", self.config.upstream_url, headers=self.request_headers, content=body)
-        rec = self.recorder
-        if rec is not None:
-            rec.upstream_request("POST", self.config.upstream_url, request.headers.multi_items(), body)
+    async def _finished(self, run: ResponseRun, lane: Lane) -> None:
+        """Stores a completed response, applies the same-lane eviction rule, and settles steering."""
+        tracker = run.tracker
+        parent = run.prepared.previous_response_id
+        if tracker.terminal == "response.completed" and tracker.response_id:
+            nbytes = run.prepared.history_bytes + tracker.output_bytes
+            self.conversation.remember(tracker.response_id, tracker.history, nbytes, lane.stream_id)
+        elif parent and run.failed_status and self.conversation.lane_of(parent) == lane.stream_id:
+            self.conversation.forget(parent)  # a same-lane continuation that errored evicts its parent
+        if run.steers and not self.client_gone:
+            await self._settle_steers(run, lane)
+
+    # -- response.steer ---------------------------------------------------------------------
+
+    def _steer(self, frame: dict[str, Any]) -> list[bytes]:
+        raw_target = frame.get("previous_response_id")
+        target = raw_target if isinstance(raw_target, str) else ""
         try:
-            response = await client.send(request, stream=True)
-        except httpx.TimeoutException as e:
-            self._record_end(f"timeout: {e!r}")
-            await self._send_error([error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e!r}")])
+            target, items = steering.steer_input(frame)
+        except SteerError as e:
+            return [steering.failed(e.code, e.message, target, frame.get("input"), 0)]
+        run = next((r for r in self.runs if r.response_id == target and r.tracker.terminal is None), None)
+        if run is None:
+            code, why = (("response_already_completed", "The response completed and no longer accepts steering input.")
+                         if target in self.conversation else
+                         ("response_not_found", f"No active response '{target}' on this connection."))
+            return [steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target))]
+        if len(run.steers) >= 16:
+            return [steering.failed("too_many_pending_steers", "Too much steering input is pending for the response.",
+                                    target, frame.get("input"), 0, lane=run.lane)]
+        self._steer_ids += 1
+        steer = Steer(f"steer_cb_{self._steer_ids}", target, items, run.lane, frame.get("input"))
+        run.steers.append(steer)
+        log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
+        return [steering.accepted(steer, run.tracker.last_sequence + 1)]
+
+    async def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
+        tracker = run.tracker
+        seq = tracker.last_sequence + 1
+        if tracker.terminal != "response.completed" or not tracker.response_id:
+            await self._send([steering.failed("response_not_active", "The steered response did not complete.",
+                                              s.target, s.raw_input, seq, s.id, s.lane) for s in run.steers], True)
             return
-        except httpx.HTTPError as e:
-            self._record_end(f"unreachable: {e!r}")
-            await self._send_error([error_frame(502, "upstream_unreachable", f"Upstream unreachable: {e!r}")])
+        stubs = steering.required_input(tracker.output_items)
+        if stubs:
+            # the response waits for client-owned results: the input waits for the client's continuation
+            held = self.pending_steers.setdefault(tracker.response_id, PendingSteers(tracker.response_id, lane.stream_id))
+            held.steers.extend(run.steers)
+            await self._send([steering.pending(s, stubs, seq) for s in run.steers], True)
             return
-        if rec is not None:
-            rec.upstream_response(response.status_code, response.headers.multi_items())
-        error: str | None = None
-        ctype = response.headers.get("content-type", "")
-        try:
-            if response.status_code != 200:
-                await self._send_error([await self._upstream_error(response)])
-                return
-            if "text/event-stream" not in ctype:
-                await self._send_error(
-                    [error_frame(502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream.")]
-                )
-                return
-            await self._relay(response, tracker)
-        except httpx.TimeoutException:
-            error = "timeout mid-stream"
-            await self._send_error([error_frame(504, "upstream_timeout", "Upstream went silent mid-stream.")])
-        except httpx.HTTPError as e:
-            error = f"stream broke: {e!r}"
-            await self._send_error([error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e!r}")])
-        except asyncio.CancelledError:
-            error = "cancelled"
-            raise
-        finally:
-            await response.aclose()
-            self._record_end(error)
-        if error is not None or response.status_code != 200 or "text/event-stream" not in ctype:
-            return
-        if tracker.terminal is None:
-            await self._send_error(
-                [error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event.")]
-            )
-        elif tracker.terminal == "response.completed" and tracker.response_id:
-            self.conversation.remember(tracker.response_id, tracker.history)
+        # an automatic successor: the same settings, the full history, the queued input in order
+        body = {k: v for k, v in run.prepared.body.items()}
+        full = tracker.history + [item for s in run.steers for item in s.input]
+        body["input"] = full
+        successor = PreparedRequest(body, full, True, tracker.response_id,
+                                    run.prepared.history_bytes + tracker.output_bytes)
+        log.debug("stage=steer_successor parent=%s steers=%d", tracker.response_id, len(run.steers))
+        lane.waiting.appendleft(successor)
 
-    async def _relay(self, response: httpx.Response, tracker: ResponseTracker) -> None:
-        decoder = SseDecoder()
-        needs_parse = _NEEDS_PARSE.search
-        rec = self.recorder
-        async for chunk in response.aiter_bytes():
-            if rec is not None:
-                rec.upstream_chunk(chunk)
-            batch: list[bytes] = []
-            for event in decoder.feed(chunk):
-                data = event.data
-                if event.event and not data.startswith(b'{"type"'):
-                    data = self._typed(event.event, data)
-                    if data is None:
-                        continue
-                    tracker.observe(json.loads(data))
-                elif needs_parse(data):
-                    try:
-                        tracker.observe(json.loads(data))
-                    except ValueError:
-                        pass
-                batch.append(data)
-            if batch:
-                await self._send(batch)
-
-    def _typed(self, name: str, data: bytes) -> bytes | None:
-        """An event whose JSON has no 'type' gets its SSE event name; non-JSON is dropped."""
-        if data.strip() == b"[DONE]":
-            return None
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            log.warning("dropping a non-JSON SSE event %r", name)
-            return None
-        if isinstance(obj, dict) and "type" not in obj:
-            obj = {"type": name, **obj}
-            return dumps(obj)
-        return data
-
-    async def _upstream_error(self, response: httpx.Response) -> bytes:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            if self.recorder is not None:
-                self.recorder.upstream_chunk(chunk)
-            body += chunk
-            if len(body) > _MAX_ERROR_BODY:
-                break
-        error: dict[str, Any] | None = None
-        try:
-            parsed = json.loads(body)
-            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-                error = parsed["error"]
-        except ValueError:
-            pass
-        status = response.status_code
-        if error is None:
-            text = body.decode("utf-8", "replace").strip()[:500]
-            error = {
-                "type": "server_error" if status >= 500 else "invalid_request_error",
-                "code": f"upstream_http_{status}",
-                "message": text or f"Upstream answered HTTP {status}.",
-            }
-        return error_frame(status, "", "", error=error, headers=error_headers(response.headers.multi_items()))
+    def _with_pending_steers(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Accepted steering input held for this parent goes in front of the continuation's input."""
+        parent = frame.get("previous_response_id")
+        held = self.pending_steers.pop(parent, None) if isinstance(parent, str) else None
+        if held is None:
+            return frame
+        queued = [item for s in held.steers for item in s.input]
+        new_input = frame.get("input", [])
+        if isinstance(new_input, str):
+            new_input = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": new_input}]}]
+        return {**frame, "input": queued + list(new_input)}
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _client_error(self, error: ClientFrameError) -> bytes:
+    def _client_error(self, error: ClientFrameError, lane: str | None = None) -> bytes:
         self.stats.errors += 1
         frame = error_frame(error.status, error.code, error.message, param=error.param)
+        if lane is not None:
+            frame = steering.tag(frame, steering.stream_prefix(lane))
         self._count([frame])
         return frame
 
@@ -288,20 +314,14 @@ class BridgeSession:
         self.stats.server_frames += len(frames)
         self.stats.server_bytes += sum(map(len, frames))
 
-    async def _send_error(self, frames: list[bytes]) -> None:
-        self.stats.errors += 1
-        await self._send(frames, synthetic=True)
-
     async def _send(self, frames: list[bytes], synthetic: bool = False) -> None:
         if self.client_gone:
             return
+        if synthetic and frames and b'"type":"error"' in frames[0][:40]:
+            self.stats.errors += 1
         self._count(frames)
         if not await self.channel.send(frames, synthetic) and not self.client_gone:
             self.on_client_closed()
-
-    def _record_end(self, error: str | None) -> None:
-        if self.recorder is not None:
-            self.recorder.upstream_end(error)
 
     def _finish(self) -> None:
         if self.closed.is_set():
