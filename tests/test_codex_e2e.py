@@ -99,7 +99,7 @@ def test_second_turn_on_the_same_thread(codex: Codex, bridge: Mitmdump, upstream
     ws, http, ws_inputs, http_inputs = both_ways(codex, bridge, upstream, scenario)
     assert ws == http == ["hi from mock", "hello again"]
     assert bridge.upgrades_seen == 1, "both turns must share one WebSocket"
-    creates = re.findall(r"stage=response_create previous_response_id=(\S+) new_items=(\d+)", bridge.session_log)
+    creates = re.findall(r"stage=response_create lane=\S+ previous_response_id=(\S+) new_items=(\d+)", bridge.session_log)
     assert len(creates) == 3, creates  # prewarm, turn 1, turn 2
     assert creates[0][0] == "None"
     assert creates[2][0].startswith("resp_") and creates[2][1] == "1", "turn 2 must be a one-item delta"
