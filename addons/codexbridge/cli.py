@@ -217,6 +217,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if diffs else 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import main as probe_main
+
+    return probe_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codexbridge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"codexbridge {__version__}")
@@ -256,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--timing", action="store_true", help="Also compare the numbers of pings and text keepalives.")
     diff.add_argument("--json", action="store_true", help="Print the differences as JSON on stdout.")
     diff.set_defaults(func=cmd_diff)
+    probe = sub.add_parser("probe", help="Check a Responses endpoint the way Codex uses it, layer by layer.")
+    probe.add_argument("url", help="A Responses base URL, e.g. http://host:port/v1 ({URL}/responses is probed).")
+    probe.add_argument("--model", help="Also run one tiny response over the WebSocket and over POST + SSE.")
+    probe.add_argument("--key-env", default="OPENAI_API_KEY", help="Env var holding the API key (default: %(default)s).")
+    probe.add_argument("--prompt", help="The prompt for --model; a longer answer measures buffering better.")
+    probe.add_argument("--idle", type=float, metavar="SECONDS", help="Leave a WebSocket silent this long and report "
+                       "whether and how a layer closes it.")
+    probe.add_argument("--timeout", type=float, default=10, help="Seconds to wait for an answer (default: %(default)s).")
+    probe.add_argument("--insecure", action="store_true", help="Do not verify the TLS certificate.")
+    probe.add_argument("--ca", metavar="FILE", help="Trust this PEM CA bundle.")
+    probe.add_argument("--json", action="store_true", help="Print the report as JSON on stdout (for CI).")
+    probe.set_defaults(func=cmd_probe)
     return parser
 
 

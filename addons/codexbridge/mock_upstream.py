@@ -72,6 +72,8 @@ def plan_for(body: Any) -> Plan:
     """Choose the behaviour for one request body: tool output echo, directives, `run echo` tool call, or text."""
     plan = Plan()
     items = body.get("input") if isinstance(body, dict) else None
+    if isinstance(items, str):  # the API's shorthand for one user message
+        items = [{"type": "message", "role": "user", "content": items}]
     items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
     if items and items[-1].get("type") == "function_call_output":
         output = _text_of(items[-1].get("output"), ("input_text", "output_text"))

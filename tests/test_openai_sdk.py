@@ -1,0 +1,280 @@
+"""The official openai SDK's Responses WebSocket (connect, lanes, forks, steering) through a real mitmdump."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from openai.lib.responses_websocket import AsyncResponsesWebSocketSession, ResponsesWebSocketLimits
+from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
+
+from support import Mitmdump, Upstream, start_mitmdump
+
+LIMITS = ResponsesWebSocketLimits(max_lanes=8, max_events_per_lane=4096, max_events=16384,
+                                  max_bytes_per_lane=16 << 20, max_bytes=32 << 20, max_response_bytes=None)
+
+
+@pytest.fixture(scope="module")
+def sdk_bridge(module_tmp: Path, upstream: Upstream) -> Iterator[Mitmdump]:
+    proxy = start_mitmdump(module_tmp, upstream.url, "codexbridge_max_stored_responses=3", "codexbridge_max_lanes=4")
+    yield proxy
+    proxy.stop()
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]
+
+
+def test_sync_connect_single_turn_and_continuation(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    client = OpenAI(base_url=sdk_bridge.base_url, api_key="sk-test")
+    with client.responses.connect() as conn:
+        conn.response.create(model="gpt-5.5", input="say hi")  # no `stream`: implicit in WebSocket mode
+        deltas = []
+        for event in conn:
+            if isinstance(event, ResponseTextDeltaEvent):
+                deltas.append(event.delta)
+            if event.type in ("response.completed", "error"):
+                break
+        assert isinstance(event, ResponseCompletedEvent), event
+        first = event.response
+        assert "".join(deltas) == first.output_text == "hi from mock"
+        conn.response.create(model="gpt-5.5", input="[[reply:second answer]] again", previous_response_id=first.id)
+        for event in conn:
+            if event.type in ("response.completed", "error"):
+                break
+        assert isinstance(event, ResponseCompletedEvent) and event.response.output_text == "second answer"
+    second_input = upstream.requests()[-1]["json"]["input"]
+    assert second_input[0]["content"] == [{"type": "input_text", "text": "say hi"}]
+    assert second_input[1]["role"] == "assistant" and second_input[-1]["content"][0]["text"].endswith("again")
+
+
+def test_async_connect_with_final_response(sdk_bridge: Mitmdump) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lane = session.default
+                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
+                    first = await lane.get_final_response()
+                    assert first.status == "completed" and first.output_text == "hi from mock"
+                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "[[reply:two]] x",
+                                     "previous_response_id": first.id})
+                    second = await lane.get_final_response()
+                    assert second.output_text == "two" and second.id != first.id
+
+    asyncio.run(go())
+
+
+def test_three_lanes_stream_concurrently_tagged_and_complete(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lanes = [session.lane(f"lane-{i}") for i in range(3)]
+                    t0 = time.monotonic()
+                    for i, lane in enumerate(lanes):
+                        await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                         "input": user(f"[[deltas:20]] [[pace_ms:50]] [[reply:lane{i}]] go")})
+
+                    async def collect(i: int, lane: Any) -> list[tuple[float, Any]]:
+                        events = []
+                        while True:
+                            event = await lane.recv()
+                            events.append((time.monotonic() - t0, event))
+                            if event.type in ("response.completed", "error", "response.failed"):
+                                return events
+
+                    per_lane = await asyncio.gather(*(collect(i, lane) for i, lane in enumerate(lanes)))
+                    elapsed = time.monotonic() - t0
+        for i, events in enumerate(per_lane):
+            assert all(getattr(e, "stream_id", None) == f"lane-{i}" for _, e in events), "every event carries its lane"
+            assert events[-1][1].type == "response.completed"
+            text = "".join(e.delta for _, e in events if e.type == "response.output_text.delta")
+            assert text.startswith(f"lane{i} ") and len(text.split()) == 20
+        # interleaved: each lane's stream started before the others ended
+        starts = [events[0][0] for events in per_lane]
+        ends = [events[-1][0] for events in per_lane]
+        assert max(starts) < min(ends)
+        assert elapsed < 2.2, f"three 1 s streams took {elapsed:.2f}s: they did not run concurrently"
+
+    asyncio.run(go())
+    assert len(upstream.requests()) == 3
+
+
+def test_fork_from_another_lane(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    source, fork = session.lane("source"), session.lane("fork")
+                    await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("root question")})
+                    root = await source.get_final_response()
+                    await fork.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:forked]] branch"),
+                                     "previous_response_id": root.id})
+                    branch = await fork.get_final_response()
+                    assert branch.output_text == "forked"
+                    await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:main]] go on"),
+                                       "previous_response_id": root.id})
+                    assert (await source.get_final_response()).output_text == "main"
+
+    asyncio.run(go())
+    fork_input = upstream.requests()[1]["json"]["input"]
+    assert [m.get("role") for m in fork_input] == ["user", "assistant", "user"]
+    assert fork_input[0]["content"][0]["text"] == "root question"
+
+
+def test_evicted_response_is_not_found(sdk_bridge: Mitmdump) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lane = session.lane("a")
+                    ids = []
+                    for i in range(4):  # the bridge keeps 3
+                        await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user(f"turn {i}")})
+                        ids.append((await lane.get_final_response()).id)
+                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
+                                     "previous_response_id": ids[0]})
+                    event = await lane.recv()
+                    assert event.type == "error"
+                    assert event.error.code == "previous_response_not_found"
+                    assert getattr(event, "stream_id", None) == "a"
+                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
+                                     "previous_response_id": ids[-1]})
+                    assert (await lane.get_final_response()).status == "completed"
+
+    asyncio.run(go())
+
+
+def test_lane_limit_yields_stream_limit_error(sdk_bridge: Mitmdump) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    for i in range(4):
+                        lane = session.lane(f"l{i}")
+                        await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
+                        assert (await lane.get_final_response()).status == "completed"
+                    extra = session.lane("one-too-many")
+                    await extra.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
+                    event = await extra.recv()
+                    assert event.type == "error" and event.error.code == "websocket_stream_limit_reached"
+
+    asyncio.run(go())
+
+
+async def _events_until(lane: Any, kinds: set[str], timeout: float = 15) -> list[Any]:
+    events = []
+    async with asyncio.timeout(timeout):
+        while True:
+            events.append(await lane.recv())
+            if events[-1].type in kinds:
+                return events
+
+
+def test_steering_accepted_then_automatic_successor(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lane = session.lane("steered")
+                    await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                     "input": user("[[deltas:10]] [[pace_ms:60]] write slowly")})
+                    created = (await _events_until(lane, {"response.created"}))[-1]
+                    await lane.send({"type": "response.steer", "previous_response_id": created.response.id,
+                                     "input": "[[reply:steered answer]] actually, be brief"})
+                    events = await _events_until(lane, {"response.completed"})
+                    assert any(e.type == "response.steer.accepted" for e in events)
+                    accepted = next(e for e in events if e.type == "response.steer.accepted")
+                    assert accepted.steer.previous_response_id == created.response.id
+                    successor = await _events_until(lane, {"response.completed"})
+                    assert successor[0].type == "response.created"
+                    assert successor[0].response.id != created.response.id
+                    assert successor[-1].response.output_text == "steered answer"
+                    assert all(getattr(e, "stream_id", None) == "steered" for e in events + successor)
+
+    asyncio.run(go())
+    first, second = upstream.requests()
+    assert second["json"]["input"][: len(first["json"]["input"])] == first["json"]["input"]
+    assert second["json"]["input"][-1]["content"][0]["text"].endswith("actually, be brief")
+    assert second["json"]["input"][-2]["role"] == "assistant"
+
+
+def test_steering_pending_while_waiting_for_tool_output(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lane = session.lane("tools")
+                    await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                     "input": user("[[sleep:0.5]] run echo")})
+                    created = (await _events_until(lane, {"response.created"}))[-1]
+                    await lane.send({"type": "response.steer", "previous_response_id": created.response.id,
+                                     "input": "also say thanks"})
+                    events = await _events_until(lane, {"response.steer.pending"})
+                    kinds = [e.type for e in events]
+                    assert "response.steer.accepted" in kinds
+                    assert kinds.index("response.completed") < kinds.index("response.steer.pending")
+                    pending = events[-1]
+                    (stub,) = pending.required_input
+                    assert stub.type == "function_call_output" and stub.name == "exec_command"
+                    await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                     "previous_response_id": created.response.id,
+                                     "input": [{"type": "function_call_output", "call_id": stub.call_id,
+                                                "output": "hello-from-tool"}]})
+                    final = await lane.get_final_response()
+                    assert final.output_text == "tool said: hello-from-tool"
+
+    asyncio.run(go())
+    follow_up = upstream.requests()[-1]["json"]["input"]
+    assert follow_up[-2]["content"][0]["text"] == "also say thanks", "queued steering input goes first"
+    assert follow_up[-1]["type"] == "function_call_output"
+
+
+def test_steering_failures_are_answered(sdk_bridge: Mitmdump) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    lane = session.default
+                    await lane.send({"type": "response.steer", "previous_response_id": "resp_nope", "input": "hey"})
+                    failed = (await _events_until(lane, {"response.steer.failed"}))[-1]
+                    assert failed.error.code == "response_not_found" and failed.steer.input == "hey"
+                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
+                    done = await lane.get_final_response()
+                    await lane.send({"type": "response.steer", "previous_response_id": done.id, "input": "late"})
+                    late = (await _events_until(lane, {"response.steer.failed"}))[-1]
+                    assert late.error.code == "response_already_completed"
+
+    asyncio.run(go())
+
+
+def test_errors_and_disconnects_hold_per_lane(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
+    async def go() -> None:
+        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
+            async with client.responses.connect() as connection:
+                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                    good, bad = session.lane("good"), session.lane("bad")
+                    await good.send({"type": "response.create", "model": "gpt-5.5",
+                                     "input": user("[[deltas:10]] [[pace_ms:30]] fine")})
+                    await bad.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[error:429]] no")})
+                    error = (await _events_until(bad, {"error"}))[-1]
+                    assert error.status == 429 and error.stream_id == "bad"
+                    assert (await good.get_final_response()).status == "completed"
+                    # two lanes streaming when the client leaves: both upstream requests are cancelled
+                    for lane in (good, bad):
+                        await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                         "input": user("[[deltas:100]] [[pace_ms:50]] long")})
+                    await _events_until(good, {"response.output_text.delta"})
+                    assert upstream.stats()["active_streams"] == 2
+        deadline = time.monotonic() + 3
+        while upstream.stats()["active_streams"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert upstream.stats()["active_streams"] == 0
+
+    asyncio.run(go())
