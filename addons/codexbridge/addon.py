@@ -17,7 +17,8 @@ from mitmproxy.websocket import WebSocketData
 from . import mitm
 from .frames import dumps
 from .keepalive import KeepalivePolicy
-from .recorder import SessionRecorder
+from .record_pipe import RemoteRecorder
+from .record_pipe import RecordingSink
 from .recording import HttpMessage, Redactor
 from .session import BridgeSession, SessionConfig
 from .upstream import UpstreamPool, UpstreamSettings
@@ -50,8 +51,8 @@ class CodexBridge:
         self.pool = UpstreamPool()
         self.sessions: set[BridgeSession] = set()
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
-        self.redactor = Redactor()
-        self.http_recorders: dict[str, SessionRecorder] = {}
+        self.sink = RecordingSink()
+        self.http_recorders: dict[str, RemoteRecorder] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -191,7 +192,7 @@ class CodexBridge:
                     re.compile(pattern)
                 except re.error as e:
                     raise exceptions.OptionsError(f"codexbridge_record_redact: bad pattern {pattern!r}: {e}")
-            self.redactor = Redactor(opts.codexbridge_record_redact)
+            Redactor(opts.codexbridge_record_redact)  # the patterns must also combine
         if "codexbridge_max_stored_bytes" in updated and opts.codexbridge_max_stored_bytes < 0:
             raise exceptions.OptionsError("codexbridge_max_stored_bytes must be 0 (no bound) or positive.")
         if "codexbridge_record_elide" in updated and opts.codexbridge_record_elide < 0:
@@ -225,15 +226,15 @@ class CodexBridge:
             return flow.request.url
         return flow.request.pretty_url
 
-    def recorder(self, flow: http.HTTPFlow, mode: str, upstream: str) -> SessionRecorder | None:
+    def recorder(self, flow: http.HTTPFlow, mode: str, upstream: str) -> RemoteRecorder | None:
         directory = ctx.options.codexbridge_record
         if not directory:
             return None
         req = flow.request
-        return SessionRecorder(
+        return self.sink.session(
             directory, mode, upstream,
             HttpMessage(method=req.method, url=req.pretty_url, headers=list(req.headers.items(multi=True))),
-            self.redactor, ctx.options.codexbridge_record_elide, label=flow.id[:8],
+            list(ctx.options.codexbridge_record_redact), ctx.options.codexbridge_record_elide, label=flow.id[:8],
         )
 
     @staticmethod
@@ -394,7 +395,7 @@ class CodexBridge:
             if rec is None:
                 response.stream = True
             else:
-                def record(chunk: bytes, rec: SessionRecorder = rec) -> bytes:
+                def record(chunk: bytes, rec: RemoteRecorder = rec) -> bytes:
                     if chunk:
                         rec.upstream_chunk(chunk)
                     return chunk
@@ -404,3 +405,4 @@ class CodexBridge:
     async def done(self) -> None:
         mitm.uninstall()
         await self.pool.aclose()
+        self.sink.close()

@@ -31,7 +31,7 @@ from wsproto.frame_protocol import Opcode
 from .conversation import TERMINAL_EVENTS, ClientFrameError
 from .frames import encode_text_frame
 from .keepalive import TEXT_KEEPALIVE_FRAME, Action, KeepalivePolicy, KeepaliveState
-from .recorder import SessionRecorder
+from .record_pipe import RemoteRecorder
 
 log = logging.getLogger("codexbridge.mitm")
 
@@ -98,7 +98,7 @@ class FlowPlan:
     keepalive: KeepalivePolicy | None = None
     drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
     channel: MitmChannel | None = None
-    recorder: SessionRecorder | None = None
+    recorder: RemoteRecorder | None = None
 
 
 _plans: dict[str, FlowPlan] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -11,21 +12,26 @@ import secrets
 import ssl
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.events import CloseConnection, Message, Ping, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from . import __version__
 from .sse import SseDecoder
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
-BAD = ("warn", "error")
 NGINX_WS = """map $http_upgrade $connection_upgrade {
     default upgrade;
     ''      close;
@@ -38,15 +44,63 @@ location /v1/ {
     proxy_buffering off;
     proxy_read_timeout 3600s;
     proxy_send_timeout 3600s;
-}"""
-CLOUDFLARE = ("Behind a Cloudflare Worker, pass the request on unchanged (`return fetch(request)`): rebuilding it "
-              "from selected headers drops `Upgrade`; WebSockets must also be enabled for the zone.")
-BRIDGE = ("codexbridge run --upstream {origin}\n# or: mitmdump -s addons/bridge.py --mode reverse:{origin} "
-          "--set connection_strategy=lazy --set codexbridge_mode=bridge\n"
-          "# stop only the 405 storm (Codex falls back to HTTP at once): --set codexbridge_mode=reject")
-BUFFER_FIX = ("location /v1/ {\n    proxy_http_version 1.1;   # HTTP/1.0 upstream bodies are held until the end\n"
-              "    proxy_buffering off;\n    gzip off;\n}\n# or let the app send the response header  X-Accel-Buffering: no\n"
-              "# codexbridge streams every text/event-stream itself (codexbridge_stream_sse=true, the default)")
+}
+# Cloudflare Worker: pass the request on unchanged (`return fetch(request)`); rebuilding it from
+# selected headers drops `Upgrade`. WebSockets must also be enabled for the zone."""
+BRIDGE = """codexbridge run --upstream {origin}
+# or: mitmdump -s addons/bridge.py --mode reverse:{origin} --set connection_strategy=lazy --set codexbridge_mode=bridge
+# to only stop the 405 storm (Codex falls back to HTTP after one try): --set codexbridge_mode=reject"""
+BUFFER_FIX = """location /v1/ {
+    proxy_http_version 1.1;   # an HTTP/1.0 (close-delimited) upstream body is held until its end
+    proxy_buffering off;
+    gzip off;
+}
+# or have the app send the response header  X-Accel-Buffering: no
+# codexbridge streams every text/event-stream itself (codexbridge_stream_sse=true, the default)"""
+PING_FIX = """codexbridge run --upstream … --set codexbridge_ping_interval={n}
+# codexbridge's Pings keep every layer between Codex and it busy; or raise that layer's timeout, e.g. nginx:
+proxy_read_timeout 3600s;  proxy_send_timeout 3600s;"""
+RETRY = " Codex retries the upgrade and then falls back to HTTP for the session."
+TEXTS: dict[str, tuple[str, str]] = {  # finding id -> (explanation, fix); {name} is filled in by finding()
+    "unreachable": ("Nothing accepted a connection at that host and port.", "Check the URL, the port and firewalls."),
+    "tls_error": ("The TLS handshake failed{why}. Codex fails the same way.", "Trust the CA: --ca ca.pem here; for "
+                  "Codex SSL_CERT_FILE=ca.pem or CODEX_CA_CERTIFICATE=ca.pem.\n--insecure skips verification for "
+                  "this probe only."),
+    "upgrade_hang": ("A layer swallowed the upgrade: it took the request and never answered (a proxy that drops "
+                     "`Upgrade` and then waits on the app, or a WebSocket-unaware load balancer). Codex hangs until "
+                     "its own timeout.", NGINX_WS),
+    "upgrade_dropped": ("The connection closed, or answered something that is not HTTP." + RETRY, NGINX_WS),
+    "upgrade_ok": ("", ""),
+    "upgrade_bad_accept": ("The 101 does not answer this request's Sec-WebSocket-Key: a layer forged or replayed the "
+                           "handshake. Codex rejects it.", "Find the layer that answers the upgrade itself."),
+    "upgrade_redirect": ("Codex's WebSocket client does not follow redirects, and a 301/302 turns its POST into a "
+                         "GET.", "Use the final address as base_url (its …/v1 part) instead of {url}."),
+    "upgrade_no_route": ("The app has no WebSocket route, only POST /responses. Every Codex session retries the "
+                         "upgrade about 7 times (a 5-20 s stall, the '405 storm'), then falls back to HTTP.{hint}",
+                         BRIDGE),
+    "upgrade_server_error": ("The server failed the upgrade." + RETRY, "Read the server's log for this request."),
+    "upgrade_stripped": ("A layer stripped or refused the upgrade: the app did not get `Upgrade: websocket` with "
+                         "`Connection: upgrade` (nginx forwards neither unless told to), or a gateway refuses "
+                         "WebSockets.{hint}" + RETRY, NGINX_WS),
+    "failed": ("The request produced no event.", "Check the model name, the API key and the gateway's log."),
+    "http_not_streaming": ("The answer to stream:true is not SSE; Codex cannot read it.", "Make the gateway pass "
+                           "`stream: true` on and answer text/event-stream."),
+    "response_error": ("The endpoint answered, but not with a completed response.", "Read the error text."),
+    "truncated": ("The stream ended before response.completed; Codex reports 'stream disconnected before "
+                  "completion' and retries.", "Look for a layer with a short read or idle timeout."),
+    "http_buffered": ("A layer buffers the stream: events produced over time arrived at once, so Codex shows "
+                      "nothing until the answer is complete, and long turns hit idle timeouts.{head}", BUFFER_FIX),
+    "websocket_buffered": ("A layer holds WebSocket frames back and delivers them at once.", "Find the "
+                           "WebSocket-unaware proxy or inspection gateway on the path."),
+    "streaming": ("", ""),
+    "streaming_unknown": ("Cannot tell streaming from buffering: {why}.{tip}", ""),
+    "idle_ok": ("No layer closed the silent WebSocket that soon. nginx's default proxy_read_timeout is 60 s and "
+                "Cloudflare's idle limit about 100 s: --idle 120 covers both.", ""),
+    "idle_closed": ("Some layer closes a silent WebSocket after about {s} s. A Codex turn silent that long (a slow "
+                    "tool, long reasoning) dies with 'websocket closed by server before response.completed'.",
+                    PING_FIX),
+    "idle_skipped": ("The idle check needs a successful upgrade.", ""),
+}
 
 
 @dataclass
@@ -54,11 +108,19 @@ class Finding:
     """One conclusion: what was measured at which layer, what it means, and how to fix it."""
 
     id: str
-    layer: str  # upgrade | websocket | http | idle | tls | network
+    layer: str  # network | tls | upgrade | websocket | http | idle
     severity: str  # ok | info | warn | error
     measured: str
     explanation: str = ""
     fix: str = ""
+
+
+def finding(id: str, layer: str, severity: str, measured: str, text: str | None = None, **fmt: Any) -> Finding:
+    """A Finding with its explanation and fix from TEXTS, {name} placeholders filled from fmt."""
+    explanation, fix = TEXTS[text or id]
+    for name, value in fmt.items():
+        explanation, fix = explanation.replace(f"{{{name}}}", str(value)), fix.replace(f"{{{name}}}", str(value))
+    return Finding(id, layer, severity, measured, explanation, fix)
 
 
 @dataclass
@@ -80,9 +142,9 @@ class Upgrade:
 
 @dataclass
 class Stream:
-    """One response.create over the WebSocket or one POST with stream:true."""
+    """One response.create over the WebSocket, or one POST with stream:true."""
 
-    transport: str
+    transport: str  # websocket | http
     status: int | None = None
     error: str | None = None
     headers_ms: float | None = None
@@ -105,7 +167,7 @@ class Idle:
     ping_ms: list[float] = field(default_factory=list)
 
 
-# -- pure judgement over measured facts ----------------------------------------------------------------
+# -- pure judgement over measured facts ----------------------------------------------------------------------
 
 
 def accept_for(key: str) -> str:
@@ -127,8 +189,8 @@ def ping_interval_for(closed_s: float) -> int:
 
 
 def timing(arrivals: list[float], latency_ms: float = 0.0) -> dict[str, Any]:
-    """Spread of event arrival times: 'streamed', 'buffered' (all at once after a long wait, compared with the
-    connection's own round trip `latency_ms`) or 'inconclusive'."""
+    """Arrival spread: 'streamed', 'buffered' (all within a few ms after a wait far longer than the connection's
+    round trip `latency_ms`) or 'inconclusive'."""
     if len(arrivals) < 3:
         return {"verdict": "inconclusive", "why": "fewer than 3 events"}
     first, last = arrivals[0], arrivals[-1]
@@ -143,134 +205,94 @@ def timing(arrivals: list[float], latency_ms: float = 0.0) -> dict[str, Any]:
 
 
 def judge_upgrade(u: Upgrade, url: str, origin: str) -> list[Finding]:
-    L, s = "upgrade", u.status
-    if u.error == "unreachable":
-        return [Finding("unreachable", "network", "error", f"cannot connect: {u.detail}",
-                        "Nothing answered at that host and port.", "Check the URL, the port and any firewall.")]
-    if u.error == "tls":
-        return [Finding("tls_error", "tls", "error", f"TLS handshake failed: {u.detail}",
-                        "The certificate is not trusted (self-signed, private CA, wrong host name, or a TLS-"
-                        "intercepting proxy). Codex fails the same way.",
-                        "Trust the CA: codexbridge probe URL --ca ca.pem; for Codex set SSL_CERT_FILE=ca.pem or "
-                        "CODEX_CA_CERTIFICATE=ca.pem. --insecure skips verification for this probe only.")]
+    if u.error in ("unreachable", "tls"):
+        why = " (the certificate is not trusted: self-signed, private CA, wrong name or an intercepting proxy)" \
+            if "certificate" in u.detail.lower() else " (does this port speak TLS at all? try http://)"
+        layer = "network" if u.error == "unreachable" else "tls"
+        return [finding("unreachable" if u.error == "unreachable" else "tls_error", layer, "error", u.detail, why=why)]
     if u.error == "timeout":
-        return [Finding("upgrade_hang", L, "error", f"no answer to the upgrade within {u.elapsed_ms / 1000:.1f} s",
-                        "A layer swallowed the upgrade: it accepted the request but never answered (typical of a "
-                        "proxy that drops `Upgrade` and then waits on an upstream that waits for a body). Codex "
-                        "hangs until its own timeout.", f"nginx:\n{NGINX_WS}\n# {CLOUDFLARE}")]
+        return [finding("upgrade_hang", "upgrade", "error", f"no answer within {u.elapsed_ms / 1000:.1f} s "
+                        f"({u.detail})")]
     if u.error:
-        return [Finding("upgrade_dropped", L, "error", f"{u.error}: {u.detail}",
-                        "The connection closed or answered garbage instead of an HTTP response to the upgrade.",
-                        f"Check every proxy between Codex and the app; nginx needs:\n{NGINX_WS}")]
-    assert s is not None
+        return [finding("upgrade_dropped", "upgrade", "error", f"{u.error}: {u.detail}")]
+    s = u.status or 0
     seen = f"{s} {u.reason}".strip() + f" in {u.elapsed_ms:.0f} ms"
-    proxy = " ".join(f"{n}: {v}" for n, v in u.headers if n.lower() in ("server", "via"))
-    upgrade, conn = (u.header("upgrade") or "").lower(), (u.header("connection") or "").lower()
-    if s == 101 and "websocket" in upgrade and "upgrade" in conn:
-        got = u.header("sec-websocket-accept")
-        if got != u.accept_expected:
-            return [Finding("upgrade_bad_accept", L, "error", f"101, Sec-WebSocket-Accept {got!r}, expected "
-                            f"{u.accept_expected!r}", "The 101 does not answer this request's key: a layer "
-                            "forged or replayed the handshake. Codex rejects it.", "Find the layer that answers "
-                            "the upgrade itself (a cache or a misconfigured WebSocket gateway).")]
-        return [Finding("upgrade_ok", L, "ok", f"101 with a valid Sec-WebSocket-Accept in {u.elapsed_ms:.0f} ms")]
+    proxy = ", ".join(f"{n}: {v}" for n, v in u.headers if n.lower() in ("server", "via"))
+    up, conn = (u.header("upgrade") or "").lower(), (u.header("connection") or "").lower()
+    message = as_json(u.body).get("error", {}).get("message") if u.body.startswith("{") else None
+    body = f": {message or u.body[:120]!r}" if u.body else ""
+    if s == 101 and "websocket" in up and "upgrade" in conn:
+        if (got := u.header("sec-websocket-accept")) != u.accept_expected:
+            return [finding("upgrade_bad_accept", "upgrade", "error",
+                            f"101 with Sec-WebSocket-Accept {got!r}, expected {u.accept_expected!r}")]
+        return [finding("upgrade_ok", "upgrade", "ok", f"101 with a valid Sec-WebSocket-Accept in {u.elapsed_ms:.0f} ms")]
     if s == 101:
-        return [Finding("upgrade_stripped", L, "error", f"101 without `Upgrade: websocket`/`Connection: upgrade` "
-                        f"(Upgrade={upgrade!r}, Connection={conn!r})", "A layer rewrote the hop-by-hop headers "
-                        "of the 101; Codex rejects the handshake.", f"nginx:\n{NGINX_WS}\n# {CLOUDFLARE}")]
+        return [finding("upgrade_stripped", "upgrade", "error", f"101 without `Upgrade: websocket` and `Connection: "
+                        f"upgrade` (got Upgrade={up!r}, Connection={conn!r})", hint=" Here a layer rewrote the 101.")]
     if 300 <= s < 400 and u.header("location"):
-        return [Finding("upgrade_redirect", L, "error", f"{seen} to {u.header('location')}",
-                        "Codex's WebSocket client does not follow redirects; the upgrade fails and Codex falls "
-                        "back to HTTP (where a 301/302 turns the POST into a GET).",
-                        f"Use the final address as base_url (its …/v1 part), not {url}.")]
+        return [finding("upgrade_redirect", "upgrade", "error", f"{seen} to {u.header('location')}", url=url)]
     if s == 405 and "POST" in (u.header("allow") or "").upper():
-        hint = (f" The answer came through a proxy ({proxy}): if the app does speak WebSocket, that proxy "
-                "dropped `Upgrade` and the app saw a plain GET." if proxy else "")
-        return [Finding("upgrade_no_route", L, "error", f"{seen}, Allow: {u.header('allow')}",
-                        "The app has no WebSocket route, only POST /responses. Every Codex session retries the "
-                        "upgrade about 7 times (a 5-20 s stall, the '405 storm') and then falls back to HTTP."
-                        + hint, BRIDGE.format(origin=origin))]
+        hint = (f" The answer came through a proxy ({proxy}): if the app does speak WebSocket, that proxy dropped "
+                "`Upgrade` and the app saw a plain GET." if proxy else "")
+        f = finding("upgrade_no_route", "upgrade", "error", f"{seen}, Allow: {u.header('allow')}", hint=hint,
+                    origin=origin)
+        f.fix += f"\n# if the app does speak WebSocket, fix the proxy instead, e.g. nginx:\n{NGINX_WS}" if proxy else ""
+        return [f]
     if s >= 500:
-        return [Finding("upgrade_server_error", L, "error", seen + (f": {u.body[:120]}" if u.body else ""),
-                        "The server failed the upgrade; Codex retries and then falls back to HTTP.",
-                        "Look at the server's (or the proxy's upstream) logs for this request.")]
-    what = ("codexbridge_mode=reject answers 426 on purpose: Codex then falls back to HTTP after one attempt. "
+        return [finding("upgrade_server_error", "upgrade", "error", seen + body)]
+    hint = (" A 426 is also what codexbridge_mode=reject answers on purpose (Codex then falls back to HTTP at once)."
             if s == 426 else "")
-    return [Finding("upgrade_stripped", L, "error", seen + " without a WebSocket upgrade"
-                    + (f": {u.body[:120]}" if u.body else "") + (f" [{proxy}]" if proxy else ""),
-                    "A layer stripped or refused the upgrade: the app did not see `Upgrade: websocket` with "
-                    "`Connection: upgrade` (nginx forwards neither unless told to), or a gateway refuses "
-                    "WebSockets. " + what + "Codex retries and then falls back to HTTP for the session.",
-                    f"nginx:\n{NGINX_WS}\n# {CLOUDFLARE}")]
+    return [finding("upgrade_stripped", "upgrade", "error", f"{seen} without a WebSocket upgrade{body}"
+                    + (f" [{proxy}]" if proxy else ""), hint=hint)]
 
 
 def judge_stream(st: Stream, prompt_given: bool, latency_ms: float = 0.0) -> list[Finding]:
     L = st.transport
     where = "response.create over the WebSocket" if L == "websocket" else "POST /responses (stream: true)"
-    if st.error and not st.arrivals_ms:
-        return [Finding(f"{L}_failed", L, "error", f"{where}: {st.error}", "The request did not produce any event.",
-                        "Check the model name, the API key and the gateway's logs.")]
-    if L == "http" and st.status == 200 and "text/event-stream" not in st.content_type:
-        return [Finding("http_not_streaming", L, "error", f"200 with Content-Type {st.content_type!r}",
-                        "The answer to stream:true is not an SSE stream; Codex cannot read it.",
-                        "Make the gateway pass `stream: true` through and answer text/event-stream.")]
+    if not st.arrivals_ms:
+        return [finding(f"{L}_failed", L, "error", f"{where}: {st.error or 'no events'}", "failed")]
+    if L == "http" and "text/event-stream" not in st.content_type:
+        return [finding("http_not_streaming", L, "error", f"{st.status} with Content-Type {st.content_type!r}")]
     t = timing(st.arrivals_ms, latency_ms)
-    n, last = len(st.arrivals_ms), st.arrivals_ms[-1] if st.arrivals_ms else 0.0
-    seen = (f"{n} events, first after {t.get('first_ms', st.arrivals_ms[0] if n else 0):.0f} ms, last after "
-            f"{last:.0f} ms (spread {t.get('spread_ms', 0):.0f} ms), total {st.total_ms:.0f} ms")
+    n, first, last = len(st.arrivals_ms), st.arrivals_ms[0], st.arrivals_ms[-1]
+    seen = (f"{n} events, first after {first:.0f} ms, last after {last:.0f} ms (spread {last - first:.0f} ms), "
+            f"total {st.total_ms:.0f} ms")
     out: list[Finding] = []
-    if st.terminal not in ("response.completed", None):
-        out.append(Finding(f"{L}_response_error", L, "error", f"{where} ended with {st.terminal}: {st.error or ''}",
-                           "The endpoint answered, but not with a completed response.",
-                           "Check the model name, the API key and the error text above."))
-    elif st.terminal is None:
-        out.append(Finding(f"{L}_truncated", L, "error", f"{where}: stream ended after {n} events without "
-                           f"response.completed ({st.error or 'EOF'})", "Some layer cut the stream; Codex reports 'stream disconnected "
-                           "before completion' and retries.", "Raise the proxy's read/idle timeouts."))
+    if st.terminal is None:
+        out.append(finding(f"{L}_truncated", L, "error", f"{where}: {n} events, then {st.error or 'EOF'} without "
+                           "response.completed", "truncated"))
+    elif st.terminal != "response.completed":
+        out.append(finding(f"{L}_response_error", L, "error", f"{where} ended with {st.terminal} "
+                           f"{st.error or ''}".strip(), "response_error"))
     if t["verdict"] == "buffered":
-        head = (f"; the response headers also arrived only after {st.headers_ms:.0f} ms"
-                if st.headers_ms and st.headers_ms >= 0.9 * last else "")
-        out.append(Finding(f"{L}_buffered", L, "warn", seen + head, "A layer buffers the stream: the events "
-                           "were produced over time but delivered all at once at the end, so Codex shows nothing "
-                           "until the answer is complete and long turns hit idle timeouts.",
-                           BUFFER_FIX if L == "http" else "Find the layer that holds WebSocket frames back "
-                           "(a WebSocket-unaware proxy or an inspection gateway)."))
+        late = st.headers_ms is not None and st.headers_ms >= 0.9 * last
+        head = f" Even the response headers were held back ({st.headers_ms:.0f} ms)." if late else ""
+        out.append(finding(f"{L}_buffered", L, "warn", seen, head=head))
     elif t["verdict"] == "streamed":
-        out.append(Finding(f"{L}_streaming", L, "ok", seen + ", arriving incrementally"))
+        out.append(finding(f"{L}_streaming", L, "ok", seen + ", arriving incrementally", "streaming"))
     else:
-        tip = "" if prompt_given else " Try --prompt '…a longer answer…' to measure it."
-        out.append(Finding(f"{L}_streaming_unknown", L, "info", seen, f"Cannot tell streaming from buffering: "
-                           f"{t['why']}.{tip}"))
+        tip = "" if prompt_given else " Use --prompt with a longer answer to measure it."
+        out.append(finding(f"{L}_streaming_unknown", L, "info", seen, "streaming_unknown", why=t["why"], tip=tip))
     return out
 
 
 def judge_idle(i: Idle) -> list[Finding]:
-    pings = (f" The server sent {i.server_pings} Ping(s) (first after {i.ping_ms[0] / 1000:.1f} s)."
+    pings = (f" The server sent {i.server_pings} Ping(s), the first after {i.ping_ms[0] / 1000:.1f} s."
              if i.server_pings else " The server sent no Pings.")
     if i.how == "open":
-        return [Finding("idle_ok", "idle", "ok", f"still open after {i.seconds:g} s of silence.{pings}",
-                        "No layer closed the idle WebSocket within that time (nginx's default "
-                        "proxy_read_timeout is 60 s, Cloudflare's idle limit about 100 s: use --idle 120 to "
-                        "cover them).")]
+        return [finding("idle_ok", "idle", "ok", f"still open after {i.seconds:g} s of silence.{pings}")]
     s = (i.closed_ms or 0) / 1000
     how = (f"close frame {i.code}" + (f" {i.reason!r}" if i.reason else "") if i.how == "close_frame"
            else f"TCP {'EOF' if i.how == 'eof' else 'reset'} without a close frame (1006)")
-    n = ping_interval_for(s)
-    return [Finding("idle_closed", "idle", "error", f"closed after {s:.1f} s of silence: {how}.{pings}",
-                    f"Some layer has an idle timeout of about {s:.0f} s. A Codex turn that is silent that long "
-                    "(a slow tool call, long reasoning) dies with 'websocket closed by server before "
-                    "response.completed'.",
-                    f"codexbridge run --upstream … --set codexbridge_ping_interval={n}\n"
-                    "# Pings from codexbridge keep every layer between Codex and it busy; or raise the timeout:\n"
-                    "proxy_read_timeout 3600s;  proxy_send_timeout 3600s;   # nginx")]
+    return [finding("idle_closed", "idle", "error", f"closed after {s:.1f} s of silence: {how}.{pings}", s=f"{s:.0f}",
+                    n=ping_interval_for(s))]
 
 
-# -- measuring ------------------------------------------------------------------------------------------
+# -- measuring -----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    url: str
+class Target(NamedTuple):
+    url: str  # {base}/responses
     host: str
     port: int
     tls: bool
@@ -283,10 +305,19 @@ def parse_target(url: str) -> Target:
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     if scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    tls = scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    return Target(f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/responses", parts.hostname, port, tls,
-                  parts.path.rstrip("/") + "/responses", f"{scheme}://{parts.netloc}")
+    path, tls = parts.path.rstrip("/") + "/responses", scheme == "https"
+    return Target(f"{scheme}://{parts.netloc}{path}", parts.hostname, parts.port or (443 if tls else 80), tls, path,
+                  f"{scheme}://{parts.netloc}")
+
+
+def ssl_context(tls: bool, insecure: bool, ca: str | None) -> ssl.SSLContext | None:
+    if not tls:
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    if insecure:
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def codex_headers(key: str | None) -> dict[str, str]:
@@ -295,9 +326,8 @@ def codex_headers(key: str | None) -> dict[str, str]:
             "originator": "codex_exec", "x-client-request-id": sid, "session-id": sid, "thread-id": sid}
 
 
-async def upgrade(t: Target, key: str | None, timeout: float, ctx: ssl.SSLContext | None
-                  ) -> tuple[Upgrade, Any]:
-    """The upgrade GET on a raw socket; returns the facts and, after a good 101, (reader, writer, leftover)."""
+async def upgrade(t: Target, key: str | None, timeout: float, ctx: ssl.SSLContext | None) -> tuple[Upgrade, Any]:
+    """The upgrade GET on a raw socket: the facts and, after a good 101, (reader, writer, bytes after the head)."""
     wskey = base64.b64encode(secrets.token_bytes(16)).decode()
     u = Upgrade(accept_expected=accept_for(wskey))
     hdrs = {"Host": t.origin.split("://")[1], "Connection": "Upgrade", "Upgrade": "websocket",
@@ -309,19 +339,19 @@ async def upgrade(t: Target, key: str | None, timeout: float, ctx: ssl.SSLContex
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
             t.host, t.port, ssl=ctx, server_hostname=t.host if ctx else None), timeout)
     except ssl.SSLError as e:
-        u.error, u.detail = "tls", getattr(e, "verify_message", None) or str(e)
+        u.error, u.detail = "tls", getattr(e, "verify_message", None) or e.reason or str(e)
         return u, None
     except (OSError, TimeoutError) as e:
-        u.error, u.detail = "unreachable", str(e) or type(e).__name__
+        u.error, u.detail = "unreachable", f"cannot connect to {t.host}:{t.port}: {e or type(e).__name__}"
         return u, None
-    writer.write(f"GET {t.path} HTTP/1.1\r\n".encode() + b"".join(
-        f"{n}: {v}\r\n".encode() for n, v in hdrs.items()) + b"\r\n")
-    buf = b""
+    writer.write(f"GET {t.path} HTTP/1.1\r\n".encode()
+                 + b"".join(f"{n}: {v}\r\n".encode() for n, v in hdrs.items()) + b"\r\n")
+    buf, rest = b"", b""
     try:
         async with asyncio.timeout(timeout):
             while b"\r\n\r\n" not in buf:
                 if not (chunk := await reader.read(65536)):
-                    raise EOFError("closed before a response" + (f" ({len(buf)} bytes)" if buf else ""))
+                    raise EOFError(f"closed without an answer ({len(buf)} bytes)")
                 buf += chunk
         head, _, rest = buf.partition(b"\r\n\r\n")
         u.status, u.reason, u.headers = parse_head(head)
@@ -332,44 +362,35 @@ async def upgrade(t: Target, key: str | None, timeout: float, ctx: ssl.SSLContex
     u.elapsed_ms = (time.monotonic() - t0) * 1000
     if u.error is None and u.status == 101:
         return u, (reader, writer, rest)
-    if u.error is None:
-        u.body = rest.decode("utf-8", "replace")[:300]
+    u.body = rest.decode("utf-8", "replace")[:300]
     writer.close()
     return u, None
 
 
 class WsClient:
-    """The client side of an upgraded connection, on wsproto."""
+    """The client side of an upgraded connection, on wsproto (permessage-deflate if the server accepted it)."""
 
-    def __init__(self, u: Upgrade, conn: Any) -> None:
-        from wsproto import ConnectionType
-        from wsproto.connection import Connection
-        from wsproto.extensions import PerMessageDeflate
-
+    def __init__(self, u: Upgrade, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]) -> None:
         self.reader, self.writer, rest = conn
         exts: list[Any] = []
         if (offer := u.header("sec-websocket-extensions")) and "permessage-deflate" in offer:
-            ext = PerMessageDeflate()
-            ext.finalize(offer)
-            exts.append(ext)
-        self.ws = Connection(ConnectionType.CLIENT, exts, rest)
-        self.parts: list[str] = []
+            exts.append(PerMessageDeflate())
+            exts[0].finalize(offer)
+        self.ws, self.parts = Connection(ConnectionType.CLIENT, exts, rest), list[str]()
 
     def send(self, event: Any) -> None:
         self.writer.write(self.ws.send(event))
 
-    async def events(self, silence: float) -> Any:
-        """Yields (kind, payload): ('text', str), ('ping', None), ('close', (code, reason)), ('eof'|'reset', None)."""
-        from wsproto.events import CloseConnection, Message, Ping, TextMessage
-
+    async def events(self, silence: float) -> AsyncIterator[tuple[str, Any]]:
+        """('text', str), ('ping', None), then one of ('close', (code, reason)), ('eof', None), ('reset', None)."""
         data: bytes | None = b""
         while True:
             for ev in self.ws.events():
                 if isinstance(ev, Ping):
                     self.send(ev.response())
                     yield "ping", None
-                elif isinstance(ev, CloseConnection):
-                    yield "close", (ev.code, ev.reason or "")
+                elif isinstance(ev, CloseConnection):  # wsproto reports a bare EOF as a 1006 close
+                    yield ("eof", None) if data is None else ("close", (ev.code, ev.reason or ""))
                     return
                 elif isinstance(ev, Message):
                     self.parts.append(ev.data if isinstance(ev, TextMessage) else "<binary>")
@@ -387,47 +408,36 @@ class WsClient:
             self.ws.receive_data(data)
 
     def close(self) -> None:
-        from wsproto.events import CloseConnection
-
-        try:
+        with contextlib.suppress(Exception):  # already closed
             self.send(CloseConnection(code=1000))
-        except Exception:
-            pass
         self.writer.close()
 
 
 def as_json(data: str | bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    with contextlib.suppress(ValueError):
+        if isinstance(obj := json.loads(data), dict):
+            return obj
+    return {}
 
 
 def create_body(model: str, prompt: str) -> dict[str, Any]:
-    return {"model": model, "store": False, "input": [{"type": "message", "role": "user",
-                                                      "content": [{"type": "input_text", "text": prompt}]}]}
+    text = [{"type": "input_text", "text": prompt}]
+    return {"model": model, "store": False, "input": [{"type": "message", "role": "user", "content": text}]}
 
 
 async def ws_response(ws: WsClient, model: str, prompt: str, timeout: float) -> Stream:
-    from wsproto.events import TextMessage
-
-    st = Stream("websocket", status=101)
+    st, t0 = Stream("websocket", status=101), time.monotonic()
     ws.send(TextMessage(data=json.dumps({"type": "response.create", **create_body(model, prompt)})))
-    t0 = time.monotonic()
     try:
         async for kind, payload in ws.events(timeout):
             if kind == "text":
                 st.arrivals_ms.append((time.monotonic() - t0) * 1000)
-                ev = as_json(payload)
-                if ev.get("type") in TERMINAL:
+                if (ev := as_json(payload)).get("type") in TERMINAL:
                     st.terminal = ev["type"]
-                    if ev["type"] == "error":
-                        st.error = json.dumps(ev.get("error", ev))[:200]
+                    st.error = json.dumps(ev.get("error"))[:200] if ev["type"] == "error" else None
                     break
             elif kind != "ping":
-                st.error = f"connection ended: {kind} {payload or ''}".strip()
-                break
+                st.error = f"{kind} {payload or ''}".strip()
     except TimeoutError:
         st.error = f"no event for {timeout:g} s"
     st.total_ms = (time.monotonic() - t0) * 1000
@@ -436,16 +446,14 @@ async def ws_response(ws: WsClient, model: str, prompt: str, timeout: float) -> 
 
 async def http_response(t: Target, key: str | None, model: str, prompt: str, timeout: float,
                         verify: ssl.SSLContext | bool) -> Stream:
-    import httpx
-
     st, t0 = Stream("http"), time.monotonic()
     headers = {**codex_headers(key), "Accept": "text/event-stream"}
     try:
         async with httpx.AsyncClient(verify=verify, timeout=timeout) as client:
             client.headers.pop("accept-encoding", None)  # Codex sends none, and gzip changes what proxies do
             t0 = time.monotonic()
-            async with client.stream("POST", t.url, json={**create_body(model, prompt), "stream": True},
-                                     headers=headers) as r:
+            body = {**create_body(model, prompt), "stream": True}
+            async with client.stream("POST", t.url, json=body, headers=headers) as r:
                 st.status, st.content_type = r.status_code, r.headers.get("content-type", "")
                 st.headers_ms = (time.monotonic() - t0) * 1000
                 if r.status_code != 200:
@@ -456,12 +464,11 @@ async def http_response(t: Target, key: str | None, model: str, prompt: str, tim
                     now = (time.monotonic() - t0) * 1000
                     for ev in dec.feed(chunk):
                         st.arrivals_ms.append(now)
-                        name = ev.event or as_json(ev.data).get("type", "")
-                        if name in TERMINAL:
+                        if (name := ev.event or as_json(ev.data).get("type", "")) in TERMINAL:
                             st.terminal = name
     except httpx.HTTPError as e:
         st.error = f"{type(e).__name__}: {e}"
-    st.total_ms = (time.monotonic() - t0) * 1000 if st.status else 0.0
+    st.total_ms = (time.monotonic() - t0) * 1000
     return st
 
 
@@ -474,8 +481,8 @@ async def idle(ws: WsClient, seconds: float) -> Idle:
                 if kind == "ping":
                     i.server_pings += 1
                     i.ping_ms.append(round(now))
-                elif kind in ("close", "eof", "reset"):
-                    i.closed_ms, i.how = now, {"close": "close_frame"}.get(kind, kind)
+                elif kind != "text":
+                    i.closed_ms, i.how = now, "close_frame" if kind == "close" else kind
                     i.code, i.reason = payload if kind == "close" else (1006, "")
                     return i
     except TimeoutError:
@@ -483,53 +490,40 @@ async def idle(ws: WsClient, seconds: float) -> Idle:
     return i
 
 
-def ssl_context(tls: bool, insecure: bool, ca: str | None) -> ssl.SSLContext | None:
-    if not tls:
-        return None
-    ctx = ssl.create_default_context(cafile=ca)
-    if insecure:
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
 async def probe(url: str, model: str | None = None, key: str | None = None, prompt: str | None = None,
                 idle_s: float = 0.0, timeout: float = 10.0, insecure: bool = False, ca: str | None = None
                 ) -> dict[str, Any]:
-    """Runs every check that applies and returns {"url", "healthy", "findings", "measurements"}."""
+    """Runs every check that applies: {"url", "healthy", "findings", "measurements"}."""
     t = parse_target(url)
     ctx = ssl_context(t.tls, insecure, ca)
     u, conn = await upgrade(t, key, timeout, ctx)
-    findings = judge_upgrade(u, url, t.origin)
-    m: dict[str, Any] = {"upgrade": asdict(u)}
+    findings, m = judge_upgrade(u, url, t.origin), {"upgrade": asdict(u)}
     if model and u.error not in ("unreachable", "tls"):
+        streams = []
         if conn:
-            ws = WsClient(u, conn)
-            st = await ws_response(ws, model, prompt or "Say OK.", timeout)
+            ws, conn = WsClient(u, conn), None
+            streams.append(await ws_response(ws, model, prompt or "Say OK.", timeout))
             ws.close()
+        streams.append(await http_response(t, key, model, prompt or "Say OK.", timeout, ctx or True))
+        for st in streams:
             findings += judge_stream(st, prompt is not None, u.elapsed_ms)
-            m["websocket"] = {**asdict(st), "timing": timing(st.arrivals_ms, u.elapsed_ms)}
-            conn = None
-        st = await http_response(t, key, model, prompt or "Say OK.", timeout, ctx or True)
-        findings += judge_stream(st, prompt is not None, u.elapsed_ms)
-        m["http"] = {**asdict(st), "timing": timing(st.arrivals_ms, u.elapsed_ms)}
+            m[st.transport] = {**asdict(st), "timing": timing(st.arrivals_ms, u.elapsed_ms)}
     if conn:
         WsClient(u, conn).close()
     if idle_s > 0:
-        if findings[0].id == "upgrade_ok" and (got := await upgrade(t, key, timeout, ctx))[1]:
-            ws = WsClient(got[0], got[1])
+        if findings[0].id == "upgrade_ok" and (again := await upgrade(t, key, timeout, ctx))[1]:
+            ws = WsClient(again[0], again[1])
             i = await idle(ws, idle_s)
             ws.close()
             findings += judge_idle(i)
             m["idle"] = asdict(i)
         else:
-            findings.append(Finding("idle_skipped", "idle", "info", "no WebSocket to leave idle",
-                                    "The idle check needs a successful upgrade."))
-    healthy = not any(f.severity in BAD for f in findings)
+            findings.append(finding("idle_skipped", "idle", "info", "no WebSocket to leave idle"))
+    healthy = not any(f.severity in ("warn", "error") for f in findings)
     return {"url": url, "healthy": healthy, "findings": [asdict(f) for f in findings], "measurements": m}
 
 
-# -- output ---------------------------------------------------------------------------------------------
+# -- output --------------------------------------------------------------------------------------------------
 
 MARK = {"ok": "[green]✔[/green]", "info": "[blue]i[/blue]", "warn": "[yellow]![/yellow]", "error": "[red]✖[/red]"}
 
@@ -537,33 +531,33 @@ MARK = {"ok": "[green]✔[/green]", "info": "[blue]i[/blue]", "warn": "[yellow]!
 def render(report: dict[str, Any], console: Console) -> None:
     verdict = "[green]healthy[/green]" if report["healthy"] else "[red]problems found[/red]"
     console.print(f"codexbridge probe [bold]{escape(report['url'])}[/bold]: {verdict}")
-    table = Table(show_header=True, header_style="bold", expand=False)
+    table = Table(header_style="bold")
     for col in ("", "layer", "finding", "measured"):
         table.add_column(col, overflow="fold")
     for f in report["findings"]:
         table.add_row(MARK[f["severity"]], f["layer"], f["id"], escape(f["measured"]))
     console.print(table)
     for f in report["findings"]:
-        if f["severity"] == "ok" or not (f["explanation"] or f["fix"]):
-            continue
-        body = escape(f["explanation"]) + (f"\n\n[bold]fix[/bold]\n{escape(f['fix'])}" if f["fix"] else "")
-        colour = {"error": "red", "warn": "yellow"}.get(f["severity"], "blue")
-        console.print(Panel(body, title=f"{f['id']} ({f['layer']})", title_align="left", border_style=colour))
+        if f["severity"] != "ok" and (f["explanation"] or f["fix"]):
+            fix = f"\n\n[bold]fix[/bold]\n{escape(f['fix'])}" if f["fix"] else ""
+            colour = {"error": "red", "warn": "yellow"}.get(f["severity"], "blue")
+            console.print(Panel(escape(f["explanation"]) + fix, title=f"{f['id']} ({f['layer']})",
+                                title_align="left", border_style=colour))
 
 
 def main(args: Any) -> int:
-    """The `probe` subcommand: 0 healthy, 1 a problem found, 2 usage error or unreachable."""
+    """The `probe` subcommand: 0 healthy, 1 a problem found, 2 a usage error or nothing reachable."""
     console = Console()
     key = os.environ.get(args.key_env) if args.key_env else None
-    if args.model and not key:
-        console.print(f"[red]--model needs an API key in ${args.key_env}[/red]")
-        return 2
     try:
-        report = asyncio.run(probe(args.url, args.model, key, args.prompt, args.idle or 0.0, args.timeout,
-                                   args.insecure, args.ca))
+        ssl_context(parse_target(args.url).tls, args.insecure, args.ca)
+        if args.model and not key:
+            raise ValueError(f"--model needs an API key in ${args.key_env}")
     except (ValueError, OSError) as e:
         console.print(f"[red]usage: {escape(str(e))}[/red]")
         return 2
+    report = asyncio.run(probe(args.url, args.model, key, args.prompt, args.idle or 0.0, args.timeout,
+                               args.insecure, args.ca))
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

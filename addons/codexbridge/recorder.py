@@ -19,6 +19,12 @@ log = logging.getLogger("codexbridge.recorder")
 # Cheap substrings that every built-in token pattern needs; a text without any skips the regex.
 _TRIGGERS = ("sk-", "eyJ", "earer", "EARER", "ghp_", "gho_", "ghu_", "ghs_", "github_pat", "xox", "AKIA")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_SPAN = 4096  # how far into the next read a token split across two reads is looked for
+
+
+def recording_path(directory: str, mode: str, label: str, started: dt.datetime) -> Path:
+    name = f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{mode}-{_SAFE_NAME.sub('_', label)[:40] or 'session'}.jsonl"
+    return Path(directory) / name
 
 
 class SessionRecorder:
@@ -33,17 +39,19 @@ class SessionRecorder:
         redactor: Redactor,
         elide_over: int = 0,
         label: str = "",
+        path: Path | None = None,
+        started: dt.datetime | None = None,
     ) -> None:
         self.redactor = redactor
         self.elide_over = elide_over
         self._fast = not redactor.extra
         self._t0 = time.monotonic()
+        self.fixed_t: float | None = None  # set by the recording worker: the time the proxy saw the event
         self._file: Any = None
         self.failed = False
         self._tail = ""
-        started = dt.datetime.now(dt.UTC)
-        name = f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{mode}-{_SAFE_NAME.sub('_', label)[:40] or 'session'}.jsonl"
-        self.path = Path(directory) / name
+        started = started or dt.datetime.now(dt.UTC)
+        self.path = path or recording_path(directory, mode, label, started)
         header = Header(
             tool_version=__version__,
             mode=mode,  # type: ignore[arg-type]
@@ -70,9 +78,7 @@ class SessionRecorder:
     def text(self, value: str) -> str:
         if self.elide_over:
             value = elide_text(value, self.elide_over)
-        if self._fast and not any(t in value for t in _TRIGGERS):
-            return value
-        return self.redactor.text(value)
+        return value if self._clean(value) else self.redactor.text(value)
 
     def headers(self, headers: Any) -> list[tuple[str, str]]:
         return self.redactor.headers((str(n), str(v)) for n, v in headers)
@@ -88,15 +94,22 @@ class SessionRecorder:
     # -- events ------------------------------------------------------------------------------
 
     def _t(self) -> float:
+        if self.fixed_t is not None:
+            return self.fixed_t
         return round(time.monotonic() - self._t0, 6)
 
     def client_frame(self, data: bytes | str) -> None:
         self._event({"kind": "client_frame", "t": self._t(), **self._payload(data)})
 
     def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
-        text = self.text
-        self._event({"kind": "to_client", "t": self._t(),
-                     "frames": [text(f.decode("utf-8", "replace")) for f in frames], "synthetic": synthetic})
+        texts = [f.decode("utf-8", "replace") for f in frames]
+        if self.elide_over or not self._clean("\n".join(texts)):
+            texts = [self.text(t) for t in texts]
+        self._event({"kind": "to_client", "t": self._t(), "frames": texts, "synthetic": synthetic})
+
+    def _clean(self, value: str) -> bool:
+        """True when no built-in pattern can match (and no extra pattern is configured)."""
+        return self._fast and not any(t in value for t in _TRIGGERS)
 
     def server_frame(self, data: bytes | str) -> None:
         self._event({"kind": "server_frame", "t": self._t(), **self._payload(data)})
@@ -117,9 +130,9 @@ class SessionRecorder:
             self._event({"kind": "upstream_chunk", "t": self._t(), "b64": base64.b64encode(data).decode()})
             return
         text = self.text(raw)
-        if self._tail:
+        if self._tail and not self._clean(self._tail + raw[:_SPAN]):
             # a secret that began in the previous read and ends in this one
-            for m in self.redactor.pattern.finditer(self._tail + raw):
+            for m in self.redactor.pattern.finditer(self._tail + raw[:_SPAN]):
                 if m.start() < len(self._tail) < m.end():
                     text = REDACTED + self.text(raw[m.end() - len(self._tail):])
                     break
@@ -154,6 +167,15 @@ class SessionRecorder:
         except OSError as e:
             self._fail(e)
         self._file = None
+
+    def close_file(self) -> None:
+        """Closes without the completion marker (the proxy went away mid-session)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def discard(self) -> None:
         """Removes a recording that turned out to be about nothing (an upgrade handed to another mode)."""

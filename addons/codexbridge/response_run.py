@@ -18,7 +18,7 @@ from .sse import SseDecoder
 from .steering import Steer, stream_prefix, tag
 
 if TYPE_CHECKING:
-    from .recorder import SessionRecorder
+    from .record_pipe import RemoteRecorder
 
 log = logging.getLogger("codexbridge.session")
 
@@ -35,7 +35,7 @@ class ResponseRun:
     """Streams one upstream response to one lane; knows its id once the upstream names it."""
 
     def __init__(self, prepared: PreparedRequest, lane: str | None, client: httpx.AsyncClient, url: str,
-                 headers: list[tuple[str, str]], send: Send, recorder: SessionRecorder | None) -> None:
+                 headers: list[tuple[str, str]], send: Send, recorder: RemoteRecorder | None) -> None:
         self.prepared = prepared
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)

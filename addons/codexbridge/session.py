@@ -20,7 +20,7 @@ from .steering import PendingSteers, Steer, SteerError
 from .upstream import UpstreamPool, UpstreamSettings
 
 if TYPE_CHECKING:
-    from .recorder import SessionRecorder
+    from .record_pipe import RemoteRecorder
 
 log = logging.getLogger("codexbridge.session")
 
@@ -80,7 +80,7 @@ class BridgeSession:
         self.client_gone = False
         self.closed = asyncio.Event()
         self.closed_callback: Callable[[BridgeSession], None] | None = None
-        self.recorder: SessionRecorder | None = None
+        self.recorder: RemoteRecorder | None = None
         self.lanes: dict[str | None, Lane] = {None: Lane(None)}
         self.runs: set[ResponseRun] = set()
         self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot

@@ -1,0 +1,66 @@
+"""The recording worker process: reads events from the proxy on stdin and writes recordings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import pickle
+import signal
+import struct
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .recorder import SessionRecorder
+from .recording import HttpMessage, Redactor
+
+log = logging.getLogger("codexbridge.recorder")
+_HEADER = struct.Struct("!I")
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)
+    return data if data is not None and len(data) == n else None
+
+
+def serve(stream: BinaryIO) -> None:
+    """Processes messages until EOF; each open session is closed (not marked complete) at the end."""
+    sessions: dict[int, SessionRecorder] = {}
+    redactors: dict[tuple[str, ...], Redactor] = {}
+    while True:
+        header = _read_exactly(stream, _HEADER.size)
+        if header is None:
+            break
+        body = _read_exactly(stream, _HEADER.unpack(header)[0])
+        if body is None:
+            break
+        key, name, args = pickle.loads(body)
+        if name == "open":
+            directory, mode, upstream, request, patterns, elide_over, label, path, started = args
+            redactor = redactors.get(tuple(patterns))
+            if redactor is None:
+                redactor = redactors[tuple(patterns)] = Redactor(patterns)
+            sessions[key] = SessionRecorder(
+                directory, mode, upstream, HttpMessage.model_validate(request), redactor, elide_over, label,
+                path=Path(path), started=dt.datetime.fromisoformat(started),
+            )
+            continue
+        recorder = sessions.get(key)
+        if recorder is None:
+            continue
+        recorder.fixed_t = args[0]
+        getattr(recorder, name)(*args[1:])
+        if name in ("complete", "discard"):
+            del sessions[key]
+    for recorder in sessions.values():
+        recorder.close_file()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop only at EOF, after the last event is written
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] codexbridge recorder: %(message)s", stream=sys.stderr)
+    serve(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    main()

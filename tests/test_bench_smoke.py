@@ -1,0 +1,45 @@
+"""`codexbridge bench --quick` runs end to end: every configuration and workload yields a figure.
+
+A smoke test, not a performance test: no figure is compared with a threshold here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from support import BIN
+
+WORKLOADS = ("burst", "paced", "first", "handshake", "idle")
+SSE_ONLY = ("burst", "paced", "first")  # no upgrade handshake and no pings over POST + SSE
+CONFIGS = {"a_sse": SSE_ONLY, "a_ws": WORKLOADS, "b_sse": SSE_ONLY, "b_ws": WORKLOADS, "c": WORKLOADS,
+           "d": WORKLOADS, "e": WORKLOADS}
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [str(BIN / "codexbridge"), "bench", "--quick", "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "codexbridge bench" in proc.stdout and "targets" in proc.stdout, proc.stdout
+    for label in ("a direct SSE", "a direct WS", "b mitmproxy WS", "c bridge", "d bridge+rec", "e passthrough"):
+        assert label in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_count"] >= 1
+    assert report["machine"]["mitmproxy"] and report["machine"]["python"]
+    assert {tuple(c) for c in report["cells"]} == {(k, w) for k, ws in CONFIGS.items() for w in ws}
+    for key, workloads in CONFIGS.items():
+        for workload in workloads:
+            figure = report["figures"][key].get(workload)
+            assert isinstance(figure, (int, float)), f"no figure for {key} × {workload}: {report['results'][key]}"
+            assert key in report["cpu"] and workload in report["cpu"][key]
+    # the raw samples behind the medians are there too
+    assert report["results"]["c"]["first"]["raw_ms"]
+    assert report["results"]["c"]["idle"]["opened"] > 0
+    assert report["results"]["c"]["idle"]["pings"] > 0
+    assert report["results"]["e"]["idle"]["pings"] > 0
+    assert report["targets"], "the targets section is missing"

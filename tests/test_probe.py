@@ -1,0 +1,273 @@
+"""`codexbridge probe` as a real subprocess against real nginx configs, codexbridge itself, and raw sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codexbridge.probe import Upgrade, judge_upgrade, ping_interval_for, timing
+from support import BIN, ROOT, Process, Upstream, free_port, need, nginx_binary, start_mitmdump, start_process, \
+    start_upstream
+
+PACED = "[[deltas:5]] [[pace_ms:300]] x"  # 5 deltas 300 ms apart: buffering becomes measurable
+MODEL = ("--model", "gpt-5.5", "--key-env", "MOCK_KEY")
+
+# Our own location bodies (tests/support.py's NGINX_CONF always adds the WebSocket headers).
+CONF = """
+worker_processes 1;
+error_log {home}/error.log info;
+pid {home}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log {home}/access.log;
+    client_body_temp_path {home}/body;
+    proxy_temp_path {home}/proxy;
+    fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi;
+    scgi_temp_path {home}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_set_header Host $host;
+            {location}
+        }}
+    }}
+}}
+"""
+WS = "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;"
+FIXED = f"proxy_http_version 1.1; {WS} proxy_buffering off; proxy_read_timeout 3600s; proxy_send_timeout 3600s;"
+
+
+def nginx(tmp: Path, backend: int, location: str) -> Process:
+    binary = nginx_binary()
+    need("nginx", binary is not None)
+    assert binary is not None
+    home, port = Path(tempfile.mkdtemp(prefix="nginx-", dir=tmp)), free_port()
+    (home / "nginx.conf").write_text(CONF.format(home=home, port=port, backend=backend, location=location))
+    return start_process([binary, "-p", str(home), "-c", str(home / "nginx.conf"), "-g", "daemon off;"], port,
+                         home / "stdout.log")
+
+
+def probe(url: str, *args: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run([str(BIN / "codexbridge"), "probe", url, *args, "--json"], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "MOCK_KEY": "sk-test"}, cwd=ROOT)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def ids(report: dict[str, Any]) -> list[str]:
+    return [f["id"] for f in report["findings"]]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("probe")
+
+
+@pytest.fixture(scope="module")
+def ws_app(tmp: Path) -> Iterator[Upstream]:
+    up = start_upstream(tmp, "--websocket")
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def sse_app(tmp: Path) -> Iterator[Upstream]:
+    up = start_upstream(tmp)
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def behind(tmp: Path) -> Iterator[Any]:
+    started: list[Process] = []
+
+    def start(app: Upstream, location: str) -> str:
+        started.append(nginx(tmp, app.port, location))
+        return f"http://127.0.0.1:{started[-1].port}/v1"
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+# -- real nginx, one config per failure --------------------------------------------------------------------
+
+
+@pytest.mark.nginx
+def test_connection_header_emptied_is_a_stripped_upgrade(behind: Any, ws_app: Upstream) -> None:
+    # nginx sends `Upgrade: websocket` but no `Connection: upgrade`; the app's handshake fails with 400.
+    stripped = 'proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "";'
+    code, report = probe(behind(ws_app, stripped))
+    assert code == 1 and ids(report) == ["upgrade_stripped"]
+    up = report["measurements"]["upgrade"]
+    assert up["status"] == 400 and "Connection: Upgrade" in up["body"]
+    assert "proxy_set_header Connection $connection_upgrade" in report["findings"][0]["fix"]
+
+
+@pytest.mark.nginx
+def test_http10_upstream_with_proxy_buffering_is_buffered(behind: Any, ws_app: Upstream) -> None:
+    # nginx's default proxy_http_version 1.0: the app answers close-delimited, and `proxy_buffering on` holds
+    # the whole body (and the response headers) until the end. The WebSocket still gets through.
+    code, report = probe(behind(ws_app, f"{WS} proxy_buffering on;"), *MODEL, "--prompt", PACED)
+    assert code == 1 and ids(report) == ["upgrade_ok", "websocket_streaming", "http_buffered"], ids(report)
+    http = report["measurements"]["http"]
+    assert http["timing"]["spread_ms"] < 50 and http["timing"]["last_ms"] > 1000
+    assert http["headers_ms"] > 1000
+    assert "proxy_buffering off;" in report["findings"][2]["fix"]
+
+
+@pytest.mark.nginx
+def test_http11_upstream_with_proxy_buffering_still_streams(behind: Any, ws_app: Upstream) -> None:
+    # Measured: with HTTP/1.1 to the app (chunked SSE), nginx passes each chunk on despite `proxy_buffering on`.
+    code, report = probe(behind(ws_app, f"proxy_http_version 1.1; {WS} proxy_buffering on;"), *MODEL,
+                         "--prompt", PACED)
+    assert code == 0 and "http_streaming" in ids(report), ids(report)
+
+
+@pytest.mark.nginx
+def test_short_read_timeout_closes_an_idle_websocket(behind: Any, ws_app: Upstream) -> None:
+    t0 = time.monotonic()
+    code, report = probe(behind(ws_app, f"proxy_http_version 1.1; {WS} proxy_read_timeout 2s;"), "--idle", "5")
+    assert time.monotonic() - t0 < 5
+    assert code == 1 and ids(report) == ["upgrade_ok", "idle_closed"]
+    idle = report["measurements"]["idle"]
+    assert 1.8 < idle["closed_ms"] / 1000 < 3.5 and idle["how"] == "eof" and idle["code"] == 1006
+    assert idle["server_pings"] == 0
+    assert "--set codexbridge_ping_interval=1" in report["findings"][1]["fix"]
+
+
+@pytest.mark.nginx
+def test_app_without_websocket_route(behind: Any, sse_app: Upstream) -> None:
+    code, report = probe(behind(sse_app, FIXED), *MODEL)
+    assert code == 1 and ids(report)[0] == "upgrade_no_route"
+    finding = report["findings"][0]
+    assert "codexbridge_mode=bridge" in finding["fix"] and "codexbridge_mode=reject" in finding["fix"]
+    assert "Server: nginx" in finding["explanation"]  # the answer came through a proxy: say so
+    assert "http_streaming_unknown" in ids(report)  # the POST works; a tiny response cannot show buffering
+
+
+@pytest.mark.nginx
+def test_fixed_config_is_healthy(behind: Any, ws_app: Upstream) -> None:
+    code, report = probe(behind(ws_app, FIXED), *MODEL, "--prompt", PACED, "--idle", "2.5")
+    assert code == 0 and report["healthy"], report["findings"]
+    assert ids(report) == ["upgrade_ok", "websocket_streaming", "http_streaming", "idle_ok"]
+
+
+# -- codexbridge itself, raw sockets, TLS ----------------------------------------------------------------------
+
+
+def test_codexbridge_in_front_of_an_sse_only_app_is_healthy(tmp: Path, sse_app: Upstream) -> None:
+    bridge = start_mitmdump(tmp, sse_app.url)
+    try:
+        code, report = probe(bridge.base_url, *MODEL, "--prompt", PACED)
+    finally:
+        bridge.stop()
+    assert code == 0 and ids(report) == ["upgrade_ok", "websocket_streaming", "http_streaming"], report["findings"]
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Any]:
+    """A one-shot TCP server that answers the first request with fixed bytes (or nothing)."""
+    servers: list[socket.socket] = []
+
+    def start(answer: Any) -> str:
+        srv = socket.create_server(("127.0.0.1", 0))
+        servers.append(srv)
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                request = conn.recv(65536)
+                if answer:
+                    conn.sendall(answer(request))
+                time.sleep(3)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{srv.getsockname()[1]}/v1"
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_swallowed_upgrade_is_a_hang(raw_server: Any) -> None:
+    code, report = probe(raw_server(None), "--timeout", "1")
+    assert code == 1 and ids(report) == ["upgrade_hang"]
+
+
+def test_forged_accept_is_rejected(raw_server: Any) -> None:
+    forged = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    code, report = probe(raw_server(lambda _: forged))
+    assert code == 1 and ids(report) == ["upgrade_bad_accept"]
+
+
+def test_redirect_is_reported(raw_server: Any) -> None:
+    code, report = probe(raw_server(lambda _: b"HTTP/1.1 301 Moved\r\nLocation: https://x.example/v1/responses\r\n"
+                                              b"Content-Length: 0\r\n\r\n"))
+    assert code == 1 and ids(report) == ["upgrade_redirect"]
+    assert "https://x.example/v1/responses" in report["findings"][0]["measured"]
+
+
+def test_unreachable_and_usage_errors_exit_2() -> None:
+    code, report = probe(f"http://127.0.0.1:{free_port()}/v1")
+    assert code == 2 and ids(report) == ["unreachable"]
+    proc = subprocess.run([str(BIN / "codexbridge"), "probe", "ftp://x/v1"], capture_output=True, timeout=30)
+    assert proc.returncode == 2
+
+
+def test_untrusted_certificate_then_trusted_with_ca(tmp: Path) -> None:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                           "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    need("openssl", made.returncode == 0)
+    app = start_upstream(tmp, "--websocket", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        url = f"https://127.0.0.1:{app.port}/v1"
+        code, report = probe(url)
+        assert code == 1 and ids(report) == ["tls_error"] and "--insecure" in report["findings"][0]["fix"]
+        assert probe(url, "--ca", str(cert))[0] == 0
+        assert probe(url, "--insecure")[0] == 0
+    finally:
+        app.stop()
+
+
+# -- pure judgement --------------------------------------------------------------------------------------------
+
+
+def test_timing_verdicts() -> None:
+    assert timing([1000, 1001, 1002, 1003])["verdict"] == "buffered"
+    assert timing([100, 400, 700, 1000])["verdict"] == "streamed"
+    assert timing([1, 2, 3])["verdict"] == "inconclusive"  # too fast to tell
+    assert timing([400, 401, 402], latency_ms=200)["verdict"] == "inconclusive"  # one slow round trip
+    assert timing([5, 6])["verdict"] == "inconclusive"
+
+
+def test_ping_interval_is_half_the_idle_timeout_at_most_20() -> None:
+    assert [ping_interval_for(s) for s in (2.0, 60.0, 100.0, 0.5)] == [1, 20, 20, 1]
+    assert ping_interval_for(30.0) == 15
+
+
+def test_101_without_upgrade_headers_is_stripped() -> None:
+    u = Upgrade(status=101, reason="Switching Protocols", headers=[("Sec-WebSocket-Accept", "x")])
+    (f,) = judge_upgrade(u, "http://h/v1", "http://h")
+    assert f.id == "upgrade_stripped"
+    (f,) = judge_upgrade(Upgrade(status=200, reason="OK"), "http://h/v1", "http://h")
+    assert f.id == "upgrade_stripped"
