@@ -43,10 +43,18 @@ if [ "$WANT_TEST" = 1 ]; then
     mkdir -p "$ROOT/.tools/codex"
     npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools/codex" "@openai/codex@$CODEX_VERSION" >/dev/null
   fi
-  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  # Debian packages the tests drive for real: nginx, iptables and iproute2 (transparent mode in a netns)
+  missing=()
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+  [ -x /usr/sbin/iptables ] || command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) >/dev/null 2>&1 \
-        || echo "warning: could not install nginx; tests that need it will fail under CI=true." >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+        || echo "warning: could not install ${missing[*]}; tests that need them fail under CI=true." >&2
+    else
+      echo "warning: ${missing[*]} missing and not root: tests that need them fail under CI=true." >&2
     fi
   fi
 fi
