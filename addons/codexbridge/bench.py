@@ -94,7 +94,7 @@ class WsClient:
     """A measuring WebSocket client: counts frames from their headers, answers pings, notes their lateness."""
 
     __slots__ = ("reader", "writer", "buf", "closed", "close_code", "last_rx", "prev_rx", "interval", "pings",
-                 "lateness", "_error")
+                 "lateness", "ping_at", "_error")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -106,6 +106,7 @@ class WsClient:
         self.interval = 0.0
         self.pings = 0
         self.lateness: list[float] = []
+        self.ping_at: list[float] = []
         self._error: bytes | None = None
 
     @classmethod
@@ -183,6 +184,7 @@ class WsClient:
             self.pings += 1
             if self.interval:
                 self.lateness.append(now - (self.prev_rx + self.interval))
+                self.ping_at.append(now)
             with contextlib.suppress(Exception):
                 self.writer.write(ws_masked_frame(payload, 10))
         elif op == 8:
@@ -523,7 +525,7 @@ class Params:
     idle_hold: float = 15.0
     ping_interval: int = 5
     ping_timeout: int = 2
-    handshake_gap: float = 0.02
+    handshake_gap: float = 0.025
     handshake_max: int = 200
     open_concurrency: int = 64
     burst_budget_s: float = 30.0  # stop repeating a burst after this long (at least 3 repeats)
@@ -531,6 +533,7 @@ class Params:
     max_seconds: float = 1500.0
     groups: tuple[str, ...] = GROUPS
     workloads: tuple[str, ...] = WORKLOADS
+    quiet_budget_s: float = 90.0  # total time the run may wait for other processes to calm down
     quick: bool = False
 
 
@@ -539,7 +542,7 @@ def params_from(args: argparse.Namespace) -> Params:
     if args.quick:
         p = Params(burst=2000, burst_repeats=3, sessions=20, paced_deltas=25, repeats=20, idle=50, idle_hold=2.5,
                    ping_interval=2, ping_timeout=1, handshake_max=40, max_seconds=100.0, burst_budget_s=10.0,
-                   settle_after_open_s=0.3, quick=True)
+                   settle_after_open_s=0.3, quiet_budget_s=5.0, quick=True)
     for name, attr in (("burst", "burst"), ("sessions", "sessions"), ("repeats", "repeats"), ("idle", "idle")):
         value = getattr(args, name, None)
         if value is not None:
@@ -615,6 +618,32 @@ def _ms(v: float | None) -> float | None:
 
 def _r(v: float | None, nd: int = 3) -> float | None:
     return None if v is None else round(v, nd)
+
+
+class Quiet:
+    """Before a workload, waits (within a budget for the whole run) while other processes load the machine."""
+
+    def __init__(self, budget: float, ours: Callable[[], list[int]]) -> None:
+        self.budget = budget
+        self.ours = ours
+        self.waited = 0.0
+
+    async def sample(self, window: float = 0.3) -> float:
+        pids = self.ours()
+        c0 = {p: cpu_seconds(p) for p in pids}
+        b0, t0 = busy_seconds(), perf()
+        await asyncio.sleep(window)
+        ours = sum(cpu_seconds(p) - c for p, c in c0.items())
+        return max(0.0, busy_seconds() - b0 - ours) / (perf() - t0)
+
+    async def wait(self, threshold: float = 0.3, limit: float = 10.0) -> float:
+        """Returns the foreign load (fraction of a core) when the workload may start."""
+        t0 = perf()
+        load = await self.sample()
+        while load >= threshold and perf() - t0 < limit and self.waited + (perf() - t0) < self.budget:
+            load = await self.sample(0.5)
+        self.waited += perf() - t0
+        return load
 
 
 async def settle(pid: int | None, limit: float = 5.0) -> None:
@@ -736,20 +765,33 @@ class Runner:
         shakes: list[float] = []
         shake_errors: list[str] = []
 
+        async def one_probe(slot: asyncio.Semaphore) -> None:
+            try:
+                c, dt_ = await WsClient.connect(port, timeout=10.0)
+            except (BenchError, TimeoutError, OSError) as e:
+                shake_errors.append(_err(e))
+            else:
+                shakes.append(dt_)
+                c.close()
+            finally:
+                slot.release()
+
         async def probe() -> None:
-            await asyncio.sleep(p.handshake_gap)
-            while not stop.is_set() and len(shakes) + len(shake_errors) < p.handshake_max:
-                try:
-                    c, dt_ = await WsClient.connect(port, timeout=10.0)
-                except (BenchError, TimeoutError, OSError) as e:
-                    shake_errors.append(_err(e))
-                else:
-                    if not stop.is_set():
-                        shakes.append(dt_)
-                    c.close()
+            """Open loop: a new upgrade every handshake_gap s while the load runs, whether or not the previous
+            one is done (at most 32 outstanding), so a stalled period weighs by its duration."""
+            slot = asyncio.Semaphore(32)
+            launched: list[asyncio.Task[None]] = []
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while not stop.is_set() and len(launched) < p.handshake_max:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(p.handshake_gap):
+                    async with asyncio.timeout(max(0.0, start + (len(launched) + 1) * p.handshake_gap - loop.time())):
                         await stop.wait()
+                if stop.is_set():
+                    break
+                await slot.acquire()
+                launched.append(asyncio.create_task(one_probe(slot)))
+            await asyncio.gather(*launched, return_exceptions=True)
 
         async def run(c: Client) -> Turn:
             try:
@@ -802,7 +844,7 @@ class Runner:
             clients.append(c)
             readers.append(asyncio.create_task(c.idle(float(p.ping_interval))))
 
-        t0 = perf()
+        t0 = hold_start = perf()
         outcomes = await bounded_gather(n, p.open_concurrency, open_one, self._advance)
         open_s = perf() - t0
         errors = [_err(o) for o in outcomes if isinstance(o, BaseException)]
@@ -810,6 +852,7 @@ class Runner:
             await asyncio.sleep(p.settle_after_open_s)
             rss1 = rss_kb(pid)
             self._step(f"{cfg.label}: {len(clients)} idle sessions, holding {p.idle_hold:.0f} s", p.idle_hold)
+            hold_start = perf()
             held = 0.0
             while held < p.idle_hold:
                 step = min(0.5, p.idle_hold - held)
@@ -826,6 +869,7 @@ class Runner:
                 c.close()
         opened = len(clients)
         lateness = [x for c in clients for x in c.lateness]
+        during_hold = [x for c in clients for x, at in zip(c.lateness, c.ping_at) if at >= hold_start]
         pings = sum(c.pings for c in clients)
         per = (max(rss1, rss2) - rss0) / opened if opened else None
         return {"kb_per_session": _r(per, 2), "kb_per_session_after_open": _r((rss1 - rss0) / opened if opened else None, 2),
@@ -835,6 +879,9 @@ class Runner:
                 "lateness_p50_ms": _ms(median(lateness)) if cfg.pings else None,
                 "lateness_p99_ms": _ms(pct(lateness, 99)) if cfg.pings else None,
                 "lateness_max_ms": _ms(max(lateness)) if cfg.pings and lateness else None,
+                "lateness_hold_p50_ms": _ms(median(during_hold)) if cfg.pings else None,
+                "lateness_hold_p99_ms": _ms(pct(during_hold, 99)) if cfg.pings else None,
+                "pings_while_opening": len(lateness) - len(during_hold),
                 "raw_lateness_ms": [round(x * 1000, 2) for x in lateness],
                 "ping_interval_s": p.ping_interval, "hold_s": p.idle_hold, "measured_pid": "upstream" if cfg.group == "a" else "mitmdump",
                 "errors": errors[:20], "error_count": len(errors)}
@@ -998,6 +1045,8 @@ ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("idle", "kb_per_session", "idle: RSS per session", "KB", True),
     ("idle", "lateness_p50_ms", "idle: ping lateness p50", "ms", False),
     ("idle", "lateness_p99_ms", "idle: ping lateness p99", "ms", False),
+    ("idle", "lateness_hold_p99_ms", "idle: lateness p99, once all open", "ms", False),
+    ("idle", "open_s", "idle: time to open all sessions", "s", False),
     ("idle", "pings", "idle: pings / lost sessions", "pings", False),
 )
 

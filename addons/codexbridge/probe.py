@@ -60,12 +60,12 @@ BUFFER_FIX = """location /v1/ {
 PING_FIX = """codexbridge run --upstream … --set codexbridge_ping_interval={n}
 # codexbridge's Pings keep every layer between Codex and it busy; or raise that layer's timeout, e.g. nginx:
 proxy_read_timeout 3600s;  proxy_send_timeout 3600s;"""
+CA_FIX = ("Trust the CA: --ca ca.pem here; for Codex SSL_CERT_FILE=ca.pem or CODEX_CA_CERTIFICATE=ca.pem.\n"
+          "--insecure skips verification for this probe only.")
 RETRY = " Codex retries the upgrade and then falls back to HTTP for the session."
 TEXTS: dict[str, tuple[str, str]] = {  # finding id -> (explanation, fix); {name} is filled in by finding()
     "unreachable": ("Nothing accepted a connection at that host and port.", "Check the URL, the port and firewalls."),
-    "tls_error": ("The TLS handshake failed{why}. Codex fails the same way.", "Trust the CA: --ca ca.pem here; for "
-                  "Codex SSL_CERT_FILE=ca.pem or CODEX_CA_CERTIFICATE=ca.pem.\n--insecure skips verification for "
-                  "this probe only."),
+    "tls_error": ("The TLS handshake failed{why}. Codex fails the same way.", "{tls_fix}"),
     "upgrade_hang": ("A layer swallowed the upgrade: it took the request and never answered (a proxy that drops "
                      "`Upgrade` and then waits on the app, or a WebSocket-unaware load balancer). Codex hangs until "
                      "its own timeout.", NGINX_WS),
@@ -205,11 +205,14 @@ def timing(arrivals: list[float], latency_ms: float = 0.0) -> dict[str, Any]:
 
 
 def judge_upgrade(u: Upgrade, url: str, origin: str) -> list[Finding]:
-    if u.error in ("unreachable", "tls"):
-        why = " (the certificate is not trusted: self-signed, private CA, wrong name or an intercepting proxy)" \
-            if "certificate" in u.detail.lower() else " (does this port speak TLS at all? try http://)"
-        layer = "network" if u.error == "unreachable" else "tls"
-        return [finding("unreachable" if u.error == "unreachable" else "tls_error", layer, "error", u.detail, why=why)]
+    if u.error == "unreachable":
+        return [finding("unreachable", "network", "error", u.detail)]
+    if u.error == "tls":
+        cert = "certificate" in u.detail.lower()
+        why = (" (the certificate is not trusted: self-signed, private CA, wrong name or an intercepting proxy)"
+               if cert else " (does this port speak TLS at all?)")
+        return [finding("tls_error", "tls", "error", f"TLS handshake failed: {u.detail}", why=why,
+                        tls_fix=CA_FIX if cert else "Use http:// or the port that serves TLS.")]
     if u.error == "timeout":
         return [finding("upgrade_hang", "upgrade", "error", f"no answer within {u.elapsed_ms / 1000:.1f} s "
                         f"({u.detail})")]
@@ -219,13 +222,15 @@ def judge_upgrade(u: Upgrade, url: str, origin: str) -> list[Finding]:
     seen = f"{s} {u.reason}".strip() + f" in {u.elapsed_ms:.0f} ms"
     proxy = ", ".join(f"{n}: {v}" for n, v in u.headers if n.lower() in ("server", "via"))
     up, conn = (u.header("upgrade") or "").lower(), (u.header("connection") or "").lower()
-    message = as_json(u.body).get("error", {}).get("message") if u.body.startswith("{") else None
+    err = as_json(u.body).get("error") if u.body.startswith("{") else None
+    message = err.get("message") if isinstance(err, dict) else None
     body = f": {message or u.body[:120]!r}" if u.body else ""
     if s == 101 and "websocket" in up and "upgrade" in conn:
         if (got := u.header("sec-websocket-accept")) != u.accept_expected:
             return [finding("upgrade_bad_accept", "upgrade", "error",
                             f"101 with Sec-WebSocket-Accept {got!r}, expected {u.accept_expected!r}")]
-        return [finding("upgrade_ok", "upgrade", "ok", f"101 with a valid Sec-WebSocket-Accept in {u.elapsed_ms:.0f} ms")]
+        return [finding("upgrade_ok", "upgrade", "ok", f"101 with a valid Sec-WebSocket-Accept in "
+                        f"{u.elapsed_ms:.0f} ms")]
     if s == 101:
         return [finding("upgrade_stripped", "upgrade", "error", f"101 without `Upgrade: websocket` and `Connection: "
                         f"upgrade` (got Upgrade={up!r}, Connection={conn!r})", hint=" Here a layer rewrote the 101.")]
@@ -255,15 +260,15 @@ def judge_stream(st: Stream, prompt_given: bool, latency_ms: float = 0.0) -> lis
         return [finding("http_not_streaming", L, "error", f"{st.status} with Content-Type {st.content_type!r}")]
     t = timing(st.arrivals_ms, latency_ms)
     n, first, last = len(st.arrivals_ms), st.arrivals_ms[0], st.arrivals_ms[-1]
-    seen = (f"{n} events, first after {first:.0f} ms, last after {last:.0f} ms (spread {last - first:.0f} ms), "
-            f"total {st.total_ms:.0f} ms")
+    seen = (f"{n} event{'s' * (n != 1)}, first after {first:.0f} ms, last after {last:.0f} ms "
+            f"(spread {last - first:.0f} ms), total {st.total_ms:.0f} ms")
     out: list[Finding] = []
     if st.terminal is None:
         out.append(finding(f"{L}_truncated", L, "error", f"{where}: {n} events, then {st.error or 'EOF'} without "
                            "response.completed", "truncated"))
     elif st.terminal != "response.completed":
-        out.append(finding(f"{L}_response_error", L, "error", f"{where} ended with {st.terminal} "
-                           f"{st.error or ''}".strip(), "response_error"))
+        return [finding(f"{L}_response_error", L, "error", f"{where} ended with {st.terminal} "
+                        f"{st.error or ''}".strip(), "response_error")]
     if t["verdict"] == "buffered":
         late = st.headers_ms is not None and st.headers_ms >= 0.9 * last
         head = f" Even the response headers were held back ({st.headers_ms:.0f} ms)." if late else ""
@@ -284,8 +289,8 @@ def judge_idle(i: Idle) -> list[Finding]:
     s = (i.closed_ms or 0) / 1000
     how = (f"close frame {i.code}" + (f" {i.reason!r}" if i.reason else "") if i.how == "close_frame"
            else f"TCP {'EOF' if i.how == 'eof' else 'reset'} without a close frame (1006)")
-    return [finding("idle_closed", "idle", "error", f"closed after {s:.1f} s of silence: {how}.{pings}", s=f"{s:.0f}",
-                    n=ping_interval_for(s))]
+    return [finding("idle_closed", "idle", "error", f"closed after {s:.1f} s of silence: {how}.{pings}",
+                    s=f"{s:.0f}", n=ping_interval_for(s))]
 
 
 # -- measuring -----------------------------------------------------------------------------------------------
