@@ -140,27 +140,30 @@ http {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://127.0.0.1:{backend};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $host;
-            proxy_buffering off;
-            {extra}
+            {location}
         }}
     }}
 }}
 """
 
 
-def start_nginx(tmp: Path, backend: int, extra: str = "") -> Process:
-    """A real nginx in front of `backend`, with the usual WebSocket location plus `extra` directives."""
+# The usual WebSocket location (the blog post's), without timeouts: tests add their own.
+NGINX_WEBSOCKET_LOCATION = (
+    "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+    "proxy_set_header Connection $connection_upgrade; proxy_buffering off;"
+)
+
+
+def start_nginx(tmp: Path, backend: int, extra: str = "", location: str = NGINX_WEBSOCKET_LOCATION) -> Process:
+    """A real nginx in front of `backend`: `location` directives (the WebSocket ones by default) plus `extra`."""
     binary = nginx_binary()
     need("nginx (scripts/setup.sh --test installs it)", binary is not None)
     assert binary is not None
     port = free_port()
     home = Path(tempfile.mkdtemp(prefix="nginx-", dir=tmp))
     conf = home / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=home, port=port, backend=backend, extra=extra))
+    conf.write_text(NGINX_CONF.format(tmp=home, port=port, backend=backend, location=f"{location} {extra}"))
     return start_process([binary, "-p", str(home), "-c", str(conf), "-g", "daemon off;"], port, home / "stdout.log")
 
 

@@ -16,51 +16,18 @@ from typing import Any
 import pytest
 
 from codexbridge.probe import Upgrade, judge_upgrade, ping_interval_for, timing
-from support import BIN, ROOT, Process, Upstream, free_port, need, nginx_binary, start_mitmdump, start_process, \
+from support import BIN, ROOT, Process, Upstream, free_port, need, nginx_binary, start_mitmdump, start_nginx, start_process, \
     start_upstream
 
 PACED = "[[deltas:5]] [[pace_ms:300]] x"  # 5 deltas 300 ms apart: buffering becomes measurable
 MODEL = ("--model", "gpt-5.5", "--key-env", "MOCK_KEY")
 
-# Our own location bodies (tests/support.py's NGINX_CONF always adds the WebSocket headers).
-CONF = """
-worker_processes 1;
-error_log {home}/error.log info;
-pid {home}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log {home}/access.log;
-    client_body_temp_path {home}/body;
-    proxy_temp_path {home}/proxy;
-    fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi;
-    scgi_temp_path {home}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{backend};
-            proxy_set_header Host $host;
-            {location}
-        }}
-    }}
-}}
-"""
 WS = "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;"
 FIXED = f"proxy_http_version 1.1; {WS} proxy_buffering off; proxy_read_timeout 3600s; proxy_send_timeout 3600s;"
 
 
 def nginx(tmp: Path, backend: int, location: str) -> Process:
-    binary = nginx_binary()
-    need("nginx", binary is not None)
-    assert binary is not None
-    home, port = Path(tempfile.mkdtemp(prefix="nginx-", dir=tmp)), free_port()
-    (home / "nginx.conf").write_text(CONF.format(home=home, port=port, backend=backend, location=location))
-    return start_process([binary, "-p", str(home), "-c", str(home / "nginx.conf"), "-g", "daemon off;"], port,
-                         home / "stdout.log")
+    return start_nginx(tmp, backend, location=location)
 
 
 def probe(url: str, *args: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:

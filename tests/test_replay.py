@@ -85,17 +85,15 @@ def test_replay_cli_against_a_bridge(tmp_path: Path) -> None:
     source = ROOT / "recordings" / "plain-turn.jsonl"
     mutated = tmp_path / "mutated.jsonl"
     mutate(source, mutated, "to_client")
-    server = serve(tmp_path, source)
-    proxy = start_mitmdump(tmp_path, f"http://127.0.0.1:{server.port}")
-    try:
-        def run(path: Path) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([str(BIN / "codexbridge"), "replay", str(path), "--against", proxy.ws_url],
-                                  capture_output=True, text=True, timeout=60)
-
-        good = run(source)
-        assert good.returncode == 0 and "replay matched" in good.stderr, good.stderr
-        bad = run(mutated)
-        assert bad.returncode == 1 and "replay diverged" in bad.stderr and "mocK" in bad.stderr, bad.stderr
-    finally:
-        proxy.stop()
-        server.stop()
+    for path, code, words in ((source, 0, "replay matched"), (mutated, 1, "replay diverged")):
+        server = serve(tmp_path, source)
+        proxy = start_mitmdump(tmp_path, f"http://127.0.0.1:{server.port}")
+        try:
+            run = subprocess.run([str(BIN / "codexbridge"), "replay", str(path), "--against", proxy.ws_url],
+                                 capture_output=True, text=True, timeout=60)
+        finally:
+            proxy.stop()
+            server.stop()
+        assert run.returncode == code and words in run.stderr, run.stderr
+        if code:
+            assert "mocK" in run.stderr

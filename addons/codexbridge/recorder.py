@@ -179,12 +179,7 @@ class SessionRecorder:
 
     def discard(self) -> None:
         """Removes a recording that turned out to be about nothing (an upgrade handed to another mode)."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+        self.close_file()
         try:
             self.path.unlink()
         except OSError:
