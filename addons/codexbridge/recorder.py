@@ -50,6 +50,7 @@ class SessionRecorder:
         self._file: Any = None
         self.failed = False
         self._tail = ""
+        self._chunks_clean = False  # the upstream reads of the current response held nothing to redact
         started = started or dt.datetime.now(dt.UTC)
         self.path = path or recording_path(directory, mode, label, started)
         header = Header(
@@ -103,7 +104,9 @@ class SessionRecorder:
 
     def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
         texts = [f.decode("utf-8", "replace") for f in frames]
-        if self.elide_over or not self._clean("\n".join(texts)):
+        # relayed frames are the events of the chunks just recorded: scanned already if those were clean
+        scanned = not synthetic and self._chunks_clean
+        if self.elide_over or not (scanned or self._clean("\n".join(texts))):
             texts = [self.text(t) for t in texts]
         self._event({"kind": "to_client", "t": self._t(), "frames": texts, "synthetic": synthetic})
 
@@ -120,6 +123,7 @@ class SessionRecorder:
 
     def upstream_response(self, status: int, headers: Any) -> None:
         self._tail = ""
+        self._chunks_clean = True
         self._event({"kind": "upstream_response", "t": self._t(), "status": status, "headers": self.headers(headers)})
 
     def upstream_chunk(self, data: bytes) -> None:
@@ -127,9 +131,12 @@ class SessionRecorder:
             raw = data.decode("utf-8")
         except UnicodeDecodeError:
             self._tail = ""
+            self._chunks_clean = False
             self._event({"kind": "upstream_chunk", "t": self._t(), "b64": base64.b64encode(data).decode()})
             return
-        text = self.text(raw)
+        clean = self._clean(raw)
+        self._chunks_clean = self._chunks_clean and clean
+        text = raw if clean and not self.elide_over else self.text(raw)
         if self._tail and not self._clean(self._tail + raw[:_SPAN]):
             # a secret that began in the previous read and ends in this one
             for m in self.redactor.pattern.finditer(self._tail + raw[:_SPAN]):
@@ -140,6 +147,7 @@ class SessionRecorder:
         self._event({"kind": "upstream_chunk", "t": self._t(), "text": text})
 
     def upstream_end(self, error: str | None = None) -> None:
+        self._chunks_clean = False
         self._event({"kind": "upstream_end", "t": self._t(), "error": self.text(error) if error else None})
 
     def ping(self, payload: bytes) -> None:
