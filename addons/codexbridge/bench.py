@@ -525,8 +525,8 @@ class Params:
     idle_hold: float = 15.0
     ping_interval: int = 5
     ping_timeout: int = 2
-    handshake_gap: float = 0.025
-    handshake_max: int = 200
+    handshake_gap: float = 0.1  # one new client every 100 ms while the paced sessions stream
+    handshake_max: int = 100
     open_concurrency: int = 64
     burst_budget_s: float = 30.0  # stop repeating a burst after this long (at least 3 repeats)
     settle_after_open_s: float = 1.0
@@ -535,20 +535,22 @@ class Params:
     workloads: tuple[str, ...] = WORKLOADS
     quiet_budget_s: float = 90.0  # total time the run may wait for other processes to calm down
     quick: bool = False
+    label: str = "full"
 
 
 def params_from(args: argparse.Namespace) -> Params:
     p = Params()
     if args.quick:
         p = Params(burst=2000, burst_repeats=3, sessions=20, paced_deltas=25, repeats=20, idle=50, idle_hold=2.5,
-                   ping_interval=2, ping_timeout=1, handshake_max=40, max_seconds=100.0, burst_budget_s=10.0,
-                   settle_after_open_s=0.3, quiet_budget_s=5.0, quick=True)
+                   ping_interval=2, ping_timeout=1, handshake_gap=0.05, handshake_max=40, max_seconds=100.0,
+                   burst_budget_s=10.0, settle_after_open_s=0.3, quiet_budget_s=0.0, quick=True, label="quick")
     for name, attr in (("burst", "burst"), ("sessions", "sessions"), ("repeats", "repeats"), ("idle", "idle")):
         value = getattr(args, name, None)
         if value is not None:
             if value < 1:
                 raise SystemExit(f"--{name} must be at least 1")
             setattr(p, attr, value)
+            p.label = "custom"
     if getattr(args, "idle_hold", None) is not None:
         p.idle_hold = max(1.0, float(args.idle_hold))
     if args.only:
@@ -557,12 +559,14 @@ def params_from(args: argparse.Namespace) -> Params:
         if bad:
             raise SystemExit(f"--only: unknown configuration(s) {', '.join(bad)}; choose from {','.join(GROUPS)}")
         p.groups = tuple(g for g in GROUPS if g in groups)
+        p.label = "partial"
     if args.workloads:
         wls = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
         bad = [w for w in wls if w not in WORKLOADS]
         if bad:
             raise SystemExit(f"--workloads: unknown workload(s) {', '.join(bad)}; choose from {','.join(WORKLOADS)}")
         p.workloads = tuple(w for w in WORKLOADS if w in wls)
+        p.label = "partial"
     # the idle session must outlive at least two ping intervals to see a ping, and its pong deadline
     p.idle_hold = max(p.idle_hold, p.ping_interval + 0.5)
     return p
@@ -574,8 +578,9 @@ def params_from(args: argparse.Namespace) -> Params:
 class Watch:
     """CPU of the processes involved and the lag of the bench's own event loop during one workload."""
 
-    def __init__(self, pids: dict[str, int], ours: Callable[[], list[int]]) -> None:
+    def __init__(self, pids: dict[str, int], ours: Callable[[], list[int]], foreign_at_start: float = 0.0) -> None:
         self.pids = pids
+        self.foreign_at_start = foreign_at_start
         self.ours = ours  # every process of this run, to tell foreign CPU load apart
         self.lags: list[float] = []
         self._task: asyncio.Task[None] | None = None
@@ -604,6 +609,7 @@ class Watch:
         foreign = max(0.0, busy_seconds() - self._busy0 - ours)
         self.result = {
             "foreign_cpu_percent": round(100.0 * foreign / wall, 1) if wall > 0 else None,
+            "foreign_cpu_percent_at_start": round(100.0 * self.foreign_at_start, 1),
             "wall_s": round(wall, 3),
             "cpu_percent": {k: round(100.0 * (cpu_seconds(p) - self._cpu0[k]) / wall, 1) if wall > 0 else None
                             for k, p in self.pids.items()},
@@ -638,6 +644,8 @@ class Quiet:
 
     async def wait(self, threshold: float = 0.3, limit: float = 10.0) -> float:
         """Returns the foreign load (fraction of a core) when the workload may start."""
+        if self.budget <= 0:
+            return 0.0
         t0 = perf()
         load = await self.sample()
         while load >= threshold and perf() - t0 < limit and self.waited + (perf() - t0) < self.budget:
@@ -654,8 +662,8 @@ async def settle(pid: int | None, limit: float = 5.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         c0, t0 = cpu_seconds(pid), perf()
-        await asyncio.sleep(0.25)
-        if (cpu_seconds(pid) - c0) / (perf() - t0) < 0.08:
+        await asyncio.sleep(0.15)
+        if (cpu_seconds(pid) - c0) / (perf() - t0) < 0.1:  # at most one 10 ms tick in the window
             return
 
 
@@ -698,7 +706,7 @@ class Runner:
 
     # burst --------------------------------------------------------------------------------------
 
-    async def burst(self, cfg: Config, port: int) -> dict[str, Any]:
+    async def burst(self, cfg: Config, port: int, pid: int | None = None) -> dict[str, Any]:
         n, repeats = self.p.burst, self.p.burst_repeats
         self._step(f"{cfg.label}: burst {n:,} deltas × {repeats}", repeats)
         rates, seconds, errors = [], [], []
@@ -707,6 +715,8 @@ class Runner:
         for r in range(repeats):
             if r >= 3 and perf() - t0 > self.p.burst_budget_s:
                 break
+            if r:
+                await settle(pid, limit=3.0)  # the previous session's teardown must not overlap this one
             client = await self.connect(cfg, port)
             try:
                 t = await client.turn(n, 0, timeout)
@@ -872,7 +882,8 @@ class Runner:
         during_hold = [x for c in clients for x, at in zip(c.lateness, c.ping_at) if at >= hold_start]
         pings = sum(c.pings for c in clients)
         per = (max(rss1, rss2) - rss0) / opened if opened else None
-        return {"kb_per_session": _r(per, 2), "kb_per_session_after_open": _r((rss1 - rss0) / opened if opened else None, 2),
+        return {"kb_per_session": _r(per, 2),
+                "kb_per_session_after_open": _r((rss1 - rss0) / opened if opened else None, 2),
                 "rss_kb_before": rss0, "rss_kb_after_open": rss1, "rss_kb_after_hold": rss2,
                 "sessions": n, "opened": opened, "open_s": _r(open_s), "lost": lost, "pings": pings,
                 "sessions_pinged": sum(1 for c in clients if c.pings),
@@ -883,7 +894,8 @@ class Runner:
                 "lateness_hold_p99_ms": _ms(pct(during_hold, 99)) if cfg.pings else None,
                 "pings_while_opening": len(lateness) - len(during_hold),
                 "raw_lateness_ms": [round(x * 1000, 2) for x in lateness],
-                "ping_interval_s": p.ping_interval, "hold_s": p.idle_hold, "measured_pid": "upstream" if cfg.group == "a" else "mitmdump",
+                "ping_interval_s": p.ping_interval, "hold_s": p.idle_hold,
+                "measured_pid": "upstream" if cfg.group == "a" else "mitmdump",
                 "errors": errors[:20], "error_count": len(errors)}
 
     async def warm(self, cfg: Config, port: int) -> None:
@@ -934,26 +946,49 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
     children: list[Child] = []
     workdir = Path(tempfile.mkdtemp(prefix="codexbridge-bench-"))
     record_dir = workdir / "recordings"
+    recordings: dict[str, int] = {}
     bench_pid = os.getpid()
+    keep = False  # the work directory (process logs) stays when something went wrong
     try:
         up_port = free_port()
         upstream = await start_child("upstream", [sys.executable, "-m", "codexbridge.bench_servers", "--host", HOST,
                                                    "--port", str(up_port)], up_port, workdir)
         children.append(upstream)
+        # the upstream renders a burst once per size and caches it: do that before anything is measured
+        for proto in ("sse", "ws"):
+            client = await runner.connect(BY_KEY[f"a_{proto}"], up_port)
+            try:
+                await client.turn(p.burst, 0, 60.0)
+            finally:
+                client.close()
 
         def ours() -> list[int]:
             return [bench_pid] + [c.proc.pid for c in children if c.proc.poll() is None]
 
-        # every proxy starts now, in parallel (each stays idle and fresh until its turn)
-        say(f"starting mitmdump for {', '.join(g for g in p.groups if g != 'a') or 'nothing'}")
+        quiet = Quiet(p.quiet_budget_s, ours)
+
+        async def prepare(pid: int | None) -> float:
+            await settle(pid)
+            return await quiet.wait()
+
+        # Every proxy starts now, in parallel, and stays idle and fresh until its turn. The idle workload gets a
+        # process of its own: its RSS is measured from a fresh start, and the other workloads do not run on a
+        # process that has just seen 2,000 sessions come and go (that changes their figures).
+        proxy_groups = [g for g in p.groups if g != "a"]
+        wants_idle = "idle" in p.workloads
+        say(f"starting mitmdump for {', '.join(proxy_groups) or 'nothing'}"
+            + (" (twice each: one for the idle workload)" if wants_idle and proxy_groups else ""))
         proxies: dict[str, Child] = {}
-        starting = {g: free_port() for g in p.groups if g != "a"}
-        started = await asyncio.gather(*(start_child(f"mitmdump-{g}", mitmdump_cmd(g, up_port, port, record_dir, p),
-                                                     port, workdir, timeout=60.0) for g, port in starting.items()),
+        starting = {g: free_port() for g in proxy_groups}
+        if wants_idle:
+            starting.update({f"{g}-idle": free_port() for g in proxy_groups})
+        started = await asyncio.gather(*(start_child(f"mitmdump-{name}",
+                                                     mitmdump_cmd(name[0], up_port, port, record_dir, p),
+                                                     port, workdir, timeout=60.0) for name, port in starting.items()),
                                        return_exceptions=True)
-        for g, child in zip(starting, started):
+        for name, child in zip(starting, started):
             if not isinstance(child, BaseException):
-                proxies[g] = child
+                proxies[name] = child
                 children.append(child)
         for child in started:
             if isinstance(child, BaseException):
@@ -961,6 +996,7 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
         for group in p.groups:
             group_cfgs = [c for c in configs if c.group == group]
             mitm = proxies.get(group)
+            idle_mitm = proxies.get(f"{group}-idle")
             port = mitm.port if mitm else up_port
             pid = mitm.proc.pid if mitm else upstream.proc.pid
             pids = {"bench": bench_pid, "upstream": upstream.proc.pid}
@@ -979,26 +1015,35 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                     f"[dim]cpu% {watch.result['cpu_percent']}[/dim]")
 
             for cfg in group_cfgs:  # idle first, on a fresh process, so that RSS is not flattered by freed arenas
-                if "idle" in p.workloads and cfg.applies("idle"):
-                    await runner.warm(cfg, port)
-                    await settle(pid if mitm else None)
-                    with Watch(pids, ours) as watch:
-                        figures = await runner.idle(cfg, port, pid)
+                if wants_idle and cfg.applies("idle"):
+                    i_port = idle_mitm.port if idle_mitm else port
+                    i_pid = idle_mitm.proc.pid if idle_mitm else pid
+                    i_pids = {**pids, "proxy": i_pid} if idle_mitm else pids
+                    await runner.warm(cfg, i_port)
+                    with Watch(i_pids, ours, await prepare(i_pid if idle_mitm else None)) as watch:
+                        figures = await runner.idle(cfg, i_port, i_pid)
                     record(cfg, "idle", figures, watch)
-                    await settle(pid if mitm else None, limit=15.0)
+                    await settle(i_pid if idle_mitm else None, limit=15.0)
+            if idle_mitm is not None:
+                if idle_mitm.proc.poll() is not None:
+                    keep = True
+                    say(f"[red]mitmdump for {group} (idle) died[/red]:\n{idle_mitm.tail()}")
+                idle_mitm.stop()
+                children.remove(idle_mitm)
             for cfg in group_cfgs:
                 await runner.warm(cfg, port)
                 for workload in ("burst", "first"):
                     if workload in p.workloads:
-                        await settle(pid if mitm else None)
-                        with Watch(pids, ours) as watch:
-                            figures = await getattr(runner, workload)(cfg, port)
+                        with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
+                            if workload == "burst":
+                                figures = await runner.burst(cfg, port, pid if mitm else None)
+                            else:
+                                figures = await runner.first(cfg, port)
                         record(cfg, workload, figures, watch)
                 want_paced = "paced" in p.workloads
                 want_hs = "handshake" in p.workloads and cfg.applies("handshake")
                 if want_paced or want_hs:
-                    await settle(pid if mitm else None)
-                    with Watch(pids, ours) as watch:
+                    with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                         paced, hs = await runner.paced(cfg, port, probes=want_hs)
                     if want_paced:
                         record(cfg, "paced", paced, watch)
@@ -1006,16 +1051,27 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                         if not want_paced:
                             hs["load"] = {k: paced[k] for k in ("p50_s", "completed", "sessions")}
                         record(cfg, "handshake", hs, watch)
+            if group == "d" and record_dir.is_dir():  # proof that d really recorded
+                files = list(record_dir.glob("*.jsonl"))
+                recordings = {"files": len(files), "bytes": sum(f.stat().st_size for f in files if f.is_file())}
             if mitm is not None:
                 if mitm.proc.poll() is not None:
+                    keep = True
                     say(f"[red]mitmdump for {group} died[/red]:\n{mitm.tail()}")
                 mitm.stop()
                 children.remove(mitm)
-        return {"results": results, "cpu": cpu, "cells": [list(c) for c in cells]}
+        return {"results": results, "cpu": cpu, "cells": [list(c) for c in cells],
+                "waited_for_quiet_s": round(quiet.waited, 1), "d_recordings": recordings}
+    except BaseException:
+        keep = True
+        raise
     finally:
         for child in reversed(children):
             child.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            say(f"[yellow]process logs kept in {workdir}[/yellow]")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -1118,7 +1174,7 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
     results = report["results"]
     keys = [c.key for c in CONFIGS if c.key in results]
     table = Table(title=f"codexbridge bench — medians, (×ratio) to the direct baseline "
-                        f"({'quick' if p.quick else 'full'} run, {report['duration_s']:.0f} s)",
+                        f"({p.label} run, {report['duration_s']:.0f} s)",
                   title_justify="left", show_lines=False)
     table.add_column("workload / figure", no_wrap=True)
     for k in keys:
@@ -1152,13 +1208,27 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
             cells.append(text)
         table.add_row(label, *cells)
     out.print(table)
-    out.print(
-        f"[dim]burst: {p.burst:,} deltas × {p.burst_repeats}; paced: {p.sessions} sessions × {p.paced_deltas} deltas "
-        f"{p.pace_ms} ms apart (ideal {p.paced_deltas * p.pace_ms / 1000:.2f} s); first: {p.repeats} repeats; "
-        f"handshake: sequential probes during the paced load; idle: {p.idle} sessions held {p.idle_hold:.0f} s, "
-        f"pings every {p.ping_interval} s (a: the upstream pings; b: nobody pings). Ratios: c, d, b SSE vs a SSE; "
-        f"b WS, e vs a WS; handshake and idle vs a WS.[/dim]"
-    )
+    what = {
+        "burst": f"burst: {p.burst:,} deltas × up to {p.burst_repeats} sessions",
+        "paced": f"paced: {p.sessions} sessions × {p.paced_deltas} deltas {p.pace_ms} ms apart, started together "
+                 f"(ideal {p.paced_deltas * p.pace_ms / 1000:.2f} s)",
+        "first": f"first: {p.repeats} turns on one warm connection",
+        "handshake": f"handshake: a new upgrade every {p.handshake_gap * 1000:.0f} ms (open loop) while the "
+                     f"{p.sessions} paced sessions stream",
+        "idle": f"idle: {p.idle} sessions (one tiny turn each) held {p.idle_hold:g} s after all opened, pings every "
+                f"{p.ping_interval} s (a: the upstream pings; b: nobody pings); RSS of the process holding them",
+    }
+    out.print("[dim]" + "; ".join(what[w] for w in p.workloads) + ". Ratios: b SSE, c, d vs a SSE; b WS, e vs a WS; "
+              "handshake and idle vs a WS.[/dim]")
+    m = report["machine"]
+    walls = [(w["wall_s"], w.get("foreign_cpu_percent") or 0.0) for per in report["cpu"].values()
+             for wl, w in per.items() if not (wl == "handshake" and "paced" in per)]
+    total = sum(x for x, _ in walls)
+    mean = sum(x * f for x, f in walls) / total if total else 0.0
+    out.print(f"[dim]{m['cpu_count']} × {m['cpu_model']}, Python {m['python']}, mitmproxy {m['mitmproxy']}; "
+              f"other processes used {mean:.0f}% of a core on average while measuring (max "
+              f"{max((f for _, f in walls), default=0):.0f}%); waited {report.get('waited_for_quiet_s', 0):g} s "
+              f"for quiet.[/dim]")
     targets = report["targets"]
     if targets:
         tt = Table(title="targets", title_justify="left")
@@ -1167,7 +1237,8 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
         tt.add_column("measured", justify="right", no_wrap=True)
         tt.add_column("", no_wrap=True)
         for t in targets:
-            tt.add_row(t["target"], t["threshold"], t["shown"], "[green]met[/green]" if t["met"] else "[red]not met[/red]")
+            verdict = "[green]met[/green]" if t["met"] else "[red]not met[/red]"
+            tt.add_row(t["target"], t["threshold"], t["shown"], verdict)
         out.print(tt)
     warnings = report.get("warnings") or []
     for w in warnings:
@@ -1176,31 +1247,39 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
 
 def measurement_warnings(report: dict[str, Any]) -> list[str]:
     notes: list[str] = []
+    foreign: list[str] = []
+    lagging: list[str] = []
     for key, per in report["cpu"].items():
         for workload, w in per.items():
             if w["wall_s"] < 1.0:  # /proc CPU ticks are 10 ms: shorter windows say nothing
                 continue
+            if workload == "handshake" and "paced" in per:
+                continue  # the same window as paced
+            where = f"{BY_KEY[key].label} {workload}"
             bench = w["cpu_percent"].get("bench")
-            lag = (w.get("bench_loop_lag_ms") or {}).get("p99")
             if bench is not None and bench >= 85:
-                notes.append(f"{BY_KEY[key].label} · {workload}: the bench client used {bench:.0f}% of a core; "
-                             "the client may be the bottleneck")
-            if lag is not None and lag >= 20:
-                notes.append(f"{BY_KEY[key].label} · {workload}: the bench client's event loop lagged "
-                             f"{lag:.0f} ms at p99; latency figures include that")
-            foreign = w.get("foreign_cpu_percent")
-            if foreign is not None and foreign >= 25:
-                notes.append(f"{BY_KEY[key].label} · {workload}: processes outside this benchmark used "
-                             f"{foreign:.0f}% of a core meanwhile")
+                notes.append(f"{where}: the bench client used {bench:.0f}% of a core; it may be the bottleneck")
             up = w["cpu_percent"].get("upstream")
             if up is not None and up >= 85:
-                notes.append(f"{BY_KEY[key].label} · {workload}: the loopback upstream used {up:.0f}% of a core")
+                notes.append(f"{where}: the loopback upstream used {up:.0f}% of a core; it may be the bottleneck")
+            lag = (w.get("bench_loop_lag_ms") or {}).get("p99")
+            if lag is not None and lag >= 20:
+                lagging.append(f"{where} ({lag:.0f} ms)")
+            f = w.get("foreign_cpu_percent")
+            if f is not None and f >= 25:
+                foreign.append(f"{where} ({f:.0f}%)")
+    if lagging:
+        notes.append("the bench client's own event loop lagged >= 20 ms at p99 (latencies include it) during: "
+                     + ", ".join(lagging))
+    if foreign:
+        notes.append("processes outside this benchmark used >= 25% of a core (figures are pessimistic) during: "
+                     + ", ".join(foreign))
     for key, per in report["results"].items():
         for workload, figures in per.items():
             n = figures.get("error_count") if "error_count" in figures else len(figures.get("errors") or [])
             if n:
                 first = (figures.get("errors") or ["?"])[0]
-                notes.append(f"{BY_KEY[key].label} · {workload}: {n} error(s), first: {first}")
+                notes.append(f"{BY_KEY[key].label} {workload}: {n} error(s), first: {first}")
     return notes
 
 
@@ -1236,7 +1315,7 @@ def run(args: argparse.Namespace) -> int:
     except TimeoutError:
         err.print(f"[red]the benchmark hit its {p.max_seconds:.0f} s limit and stopped[/red]")
         return 1
-    except BenchError as e:
+    except (BenchError, OSError) as e:
         err.print(f"[red]benchmark failed:[/red] {e}")
         return 1
     except KeyboardInterrupt:
