@@ -229,6 +229,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_run(args)
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster import run as cluster_run
+
+    return cluster_run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codexbridge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"codexbridge {__version__}")
@@ -292,6 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workloads", help="Workloads, from burst,paced,first,handshake,idle (default: all).")
     bench.add_argument("--json", metavar="FILE", help="Where to write all figures (default: codexbridge-bench.json).")
     bench.set_defaults(func=cmd_bench)
+    cluster = sub.add_parser("cluster", help="Run N bridge workers behind nginx (least_conn, WebSocket-aware).")
+    cluster.add_argument("--workers", type=int, default=2, help="mitmdump workers (default: %(default)s).")
+    cluster.add_argument("--upstream", help="The gateway to bridge to (default: embedded demo upstream).")
+    cluster.add_argument("--host", default="127.0.0.1", help="nginx listen address (default: %(default)s).")
+    cluster.add_argument("--port", type=int, default=8080, help="nginx listen port (default: %(default)s).")
+    cluster.add_argument("--set", action="append", metavar="OPTION=VALUE", help="A worker option, repeatable.")
+    cluster.add_argument("-q", "--quiet", action="store_true", help="Workers log no per-flow lines.")
+    cluster.add_argument("--print-config", action="store_true", help="Print the nginx config and exit (backends "
+                         "127.0.0.1:PORT+1.. unless --backend is given; paths relative to nginx -p DIR).")
+    cluster.add_argument("--backend", action="append", metavar="HOST:PORT", help="With --print-config: a worker "
+                         "address (repeatable; remote hosts for a multi-machine setup).")
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 

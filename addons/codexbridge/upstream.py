@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -34,26 +35,37 @@ def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
 
 
 class UpstreamPool:
-    """One pooled httpx client per settings value, closed together."""
+    """Pooled httpx clients per settings value, closed together.
+
+    Each settings value gets several clients used in turn: httpcore's pool does work quadratic in
+    the number of connections it holds on every request start and end (encode/httpcore#1035), so
+    one pool of hundreds of connections would dominate a busy proxy's time.
+    """
+
+    SHARDS = 8
 
     def __init__(self) -> None:
-        self._clients: dict[UpstreamSettings, httpx.AsyncClient] = {}
+        self._clients: dict[UpstreamSettings, list[httpx.AsyncClient]] = {}
+        self._turn = itertools.count()
 
     def client(self, settings: UpstreamSettings) -> httpx.AsyncClient:
-        client = self._clients.get(settings)
-        if client is None:
-            client = httpx.AsyncClient(
-                verify=ssl_context(settings),
-                proxy=settings.proxy,
-                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
-                follow_redirects=False,
-                trust_env=False,
-            )
-            self._clients[settings] = client
-        return client
+        shards = self._clients.get(settings)
+        if shards is None:
+            shards = self._clients[settings] = [self._make(settings) for _ in range(self.SHARDS)]
+        return shards[next(self._turn) % self.SHARDS]
+
+    @staticmethod
+    def _make(settings: UpstreamSettings) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=ssl_context(settings),
+            proxy=settings.proxy,
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32, keepalive_expiry=60),
+            follow_redirects=False,
+            trust_env=False,
+        )
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = [c for shards in self._clients.values() for c in shards], {}
         for client in clients:
             await client.aclose()
