@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -39,6 +40,16 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any] | None = None, timeout:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+async def wait_for(pred: Any, timeout: float) -> bool:
+    """Polls a condition from async test code."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def need(what: str, available: bool) -> None:

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from support import Mitmdump, Upstream, free_port, start_mitmdump
+from support import wait_for, Mitmdump, Upstream, free_port, start_mitmdump
 
 TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 
@@ -326,15 +326,6 @@ def test_failing_sessions_do_not_disturb_a_healthy_one(bridge: Mitmdump) -> None
 
 
 # -- disconnects -----------------------------------------------------------------------------
-
-
-async def wait_for(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("abort", [False, True], ids=["close-frame", "dropped-socket"])

@@ -13,31 +13,10 @@ from typing import Any
 import pytest
 
 from appserver import run_thread
+from codexbridge.replay import canonical
 from support import Codex, Mitmdump, Upstream
 
 pytestmark = pytest.mark.codex
-
-
-VOLATILE = re.compile(r"(Chunk ID: |Wall time: )[\w.]+")
-
-
-def canonical(value: Any, names: dict[str, str] | None = None) -> Any:
-    """Replaces per-run identifiers (item ids, call ids) by their order of first appearance."""
-    names = {} if names is None else names
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k in ("id", "call_id") and isinstance(v, str):
-                out[k] = names.setdefault(v, f"<{k}{len(names)}>")
-            else:
-                out[k] = canonical(v, names)
-        return out
-    if isinstance(value, list):
-        return [canonical(v, names) for v in value]
-    if isinstance(value, str):
-        # tool output carries a random chunk id and a measured wall time
-        return VOLATILE.sub(lambda m: m.group(1) + "<volatile>", value)
-    return value
 
 
 def inputs(upstream: Upstream) -> list[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rawws import RawWebSocket
-from support import Mitmdump, Upstream, start_mitmdump
+from support import wait_for, Mitmdump, Upstream, start_mitmdump
 
 
 def create(text: str) -> dict[str, Any]:
@@ -25,15 +25,6 @@ async def until_terminal(ws: RawWebSocket) -> list[dict[str, Any]]:
         events.append(await ws.recv_json())
         if events[-1]["type"] in ("response.completed", "error", "response.failed"):
             return events
-
-
-async def wait_for(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")
