@@ -291,6 +291,18 @@ class SseClient:
             now = perf()
             state = "size"
             remaining = length if length is not None else -1
+
+            def count(take: int, now: float) -> None:
+                """Counts the SSE events that end in the next `take` body bytes (a blank line ends one)."""
+                nonlocal carry, events, first
+                piece = carry + bytes(buf[:take])
+                del buf[:take]
+                got = piece.count(b"\n\n")
+                carry = b"\n" if piece.endswith(b"\n") and not piece.endswith(b"\n\n") else b""
+                if got:
+                    if not events:
+                        first = now
+                    events += got
             while True:
                 progressed = False
                 if chunked:
@@ -306,15 +318,8 @@ class SseClient:
                                 state, remaining = "data", size
                     elif state == "data" and buf:
                         take = min(remaining, len(buf))
-                        piece = carry + bytes(buf[:take])
-                        del buf[:take]
+                        count(take, now)
                         remaining -= take
-                        got = piece.count(b"\n\n")
-                        carry = b"\n" if piece.endswith(b"\n") and not piece.endswith(b"\n\n") else b""
-                        if got:
-                            if not events:
-                                first = now
-                            events += got
                         progressed = True
                         if not remaining:
                             state = "crlf"
@@ -333,16 +338,9 @@ class SseClient:
                 else:
                     if buf:
                         take = len(buf) if remaining < 0 else min(remaining, len(buf))
-                        piece = carry + bytes(buf[:take])
-                        del buf[:take]
+                        count(take, now)
                         if remaining >= 0:
                             remaining -= take
-                        got = piece.count(b"\n\n")
-                        carry = b"\n" if piece.endswith(b"\n") and not piece.endswith(b"\n\n") else b""
-                        if got:
-                            if not events:
-                                first = now
-                            events += got
                         progressed = True
                     if remaining == 0:
                         return Turn(first - t0, now - t0, events)
