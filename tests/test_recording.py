@@ -61,3 +61,12 @@ def test_a_torn_last_line_is_ignored_but_a_torn_middle_is_not() -> None:
     assert len(rec.events) == 1 and not rec.complete
     with pytest.raises(ValueError):
         parse_lines([header, '{"kind": "pi', event])
+
+
+def test_elision_does_not_take_the_text_between_two_strings_for_a_string() -> None:
+    # one network read with two SSE events: the gap between two JSON documents is not a string literal
+    chunk = ('data: {"type":"response.created","response":{"output":[]}}\n\n'
+             'event: response.in_progress\ndata: {"type":"response.in_progress","x":"' + "y" * 60 + '"}\n\n')
+    out = elide_text(chunk, 40)
+    assert out.startswith('data: {"type":"response.created","response":{"output":[]}}\n\nevent: response.in_progress\n')
+    assert '"x":"<elided 60 chars sha256:' in out

@@ -49,6 +49,7 @@ class CodexBridge:
 
     def __init__(self) -> None:
         self.pool = UpstreamPool()
+        self._log_level_set = False
         self.sessions: set[BridgeSession] = set()
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
         self.sink = RecordingSink()
@@ -153,6 +154,12 @@ class CodexBridge:
             "too_many_queued_responses error event.",
         )
         loader.add_option(
+            "codexbridge_message_hook", bool, False,
+            "Run mitmproxy's websocket_message hook for each client frame of a bridged session before it is "
+            "bridged, so that other addons can see, change or drop it. Off by default: the hook is a pass over "
+            "every loaded addon per frame; frames are still kept in the flow for mitmweb and -w files.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -161,6 +168,12 @@ class CodexBridge:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        if "termlog_verbosity" in updated or not self._log_level_set:
+            # mitmproxy's root logger takes everything and hands each record to every addon (add_log):
+            # a debug line nobody shows would cost more than the event it describes.
+            self._log_level_set = True
+            verbosity = str(getattr(opts, "termlog_verbosity", "info") or "info").upper()
+            log.setLevel(logging.DEBUG if verbosity == "DEBUG" else logging.INFO)
         if "codexbridge_path" in updated and not opts.codexbridge_path.startswith("/"):
             raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
         if {"codexbridge_ping_interval", "codexbridge_ping_timeout"} & updated:
@@ -215,6 +228,7 @@ class CodexBridge:
             trusted_ca=opts.ssl_verify_upstream_trusted_ca or None,
             trusted_confdir=opts.ssl_verify_upstream_trusted_confdir or None,
             proxy=mode.data if mode.type_name == "upstream" else None,
+            proxy_auth=(opts.upstream_auth or None) if mode.type_name == "upstream" else None,
             connect_timeout=float(opts.codexbridge_connect_timeout),
             read_timeout=float(opts.codexbridge_read_timeout),
         )
@@ -315,7 +329,7 @@ class CodexBridge:
         session.closed_callback = self.sessions.discard
         session.recorder = self.recorder(flow, "bridge", upstream)
         mitm.plan_flow(flow, mitm.FlowPlan(hooks=session, keepalive=self.keepalive_policy(), channel=channel,
-                                           recorder=session.recorder))
+                                           recorder=session.recorder, message_hook=opts.codexbridge_message_hook))
         flow.metadata["codexbridge"] = {"mode": "bridge", "upstream": upstream}
         flow.response = http.Response.make(
             101,

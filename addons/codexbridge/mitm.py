@@ -99,6 +99,7 @@ class FlowPlan:
     drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
     channel: MitmChannel | None = None
     recorder: RemoteRecorder | None = None
+    message_hook: bool = False  # bridged: run websocket_message for each client frame before bridging it
 
 
 _plans: dict[str, FlowPlan] = {}
@@ -149,6 +150,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     def __init__(self, context: Context, flow: http.HTTPFlow):
         super().__init__(context, flow)
         self.plan = _plans.pop(flow.id, None) or FlowPlan()
+        if self.plan.channel is not None:
+            self.plan.channel.layer = self
         self.hooks = self.plan.hooks
         self.recorder = self.plan.recorder
         self.keepalive: KeepaliveDriver | None = None
@@ -330,9 +333,10 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         is_text = isinstance(ws_event.data, str)
         message = WebSocketMessage(Opcode.TEXT if is_text else Opcode.BINARY, True, content)
         self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
-        yield ws_layers.WebsocketMessageHook(self.flow)
-        if message.dropped or self.client_gone:
-            return
+        if self.plan.message_hook:
+            yield ws_layers.WebsocketMessageHook(self.flow)
+            if message.dropped or self.client_gone:
+                return
         if message.is_text:
             out = hooks.on_client_text(message.text)
         else:
@@ -351,8 +355,14 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             yield from self._close_client(*event.close)
 
     def _send_frames(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> layer.CommandGenerator[None]:
-        if self.client_ws.state is not wsproto.ConnectionState.OPEN:
-            return
+        data = self.outgoing(frames, synthetic, keepalive)
+        if data is not None:
+            yield commands.SendData(self.context.client, data)
+
+    def outgoing(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> bytes | None:
+        """The wire bytes of client-bound frames, with the flow, recorder and keepalive told; None when closed."""
+        if not frames or self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
+            return None
         if self.recorder is not None:
             if keepalive:
                 self.recorder.text_keepalive()
@@ -362,10 +372,10 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         now = time.time()
         for payload in frames:
             messages.append(WebSocketMessage(Opcode.TEXT, False, payload, now, injected=synthetic))
-        data = b"".join(map(encode_text_frame, frames))
+        data = b"".join(map(encode_text_frame, frames)) if len(frames) > 1 else encode_text_frame(frames[0])
         if self.keepalive is not None:
             self.keepalive.wrote(True, len(data), len(frames))
-        yield commands.SendData(self.context.client, data)
+        return data
 
     # -- both -------------------------------------------------------------------------------
 
@@ -511,7 +521,10 @@ def uninstall() -> None:
 
 
 class MitmChannel:
-    """Sends to a client through its connection handler, with write back-pressure."""
+    """Sends to a client: straight to its socket when nothing sits between (plain TCP), else through
+    the layers (TLS); in both cases in order and with the layer's bookkeeping."""
+
+    HIGH_WATER = 256 * 1024  # bytes buffered toward a client before its upstream reads pause
 
     def __init__(self, flow: http.HTTPFlow) -> None:
         self.flow = flow
@@ -520,9 +533,51 @@ class MitmChannel:
         if self._handler is None:
             raise ValueError("flow is not from a live connection")
         self.keepalive: KeepaliveDriver | None = None
+        self.layer: CodexWebsocketLayer | None = None  # set when the flow's layer starts
+        # Over TLS the layers must encrypt; on a plain connection no layer changes client-bound bytes.
+        self._direct = not flow.client_conn.tls
+        self._loop = asyncio.get_running_loop()
 
-    async def send(self, frames: list[bytes], synthetic: bool = False) -> bool:
-        return await self.inject(BridgeInjected(self.flow, _placeholder(), frames=frames, synthetic=synthetic))
+    def _writer(self) -> asyncio.StreamWriter | None:
+        handler = self._handler
+        io = handler.transports.get(handler.client)
+        writer = io.writer if io is not None else None
+        if writer is None or writer.is_closing():
+            return None
+        return writer
+
+    def write(self, frames: list[bytes], synthetic: bool = False) -> bool:
+        layer = self.layer
+        if layer is None or layer.client_gone:
+            return False
+        if not self._direct:
+            if self._writer() is None:
+                return False
+            self._loop.create_task(self.inject(BridgeInjected(self.flow, _placeholder(), frames=frames, synthetic=synthetic)))
+            return True
+        writer = self._writer()
+        if writer is None:
+            return False
+        data = layer.outgoing(frames, synthetic)
+        if data is None:
+            return False
+        self._handler.timeout_watchdog.register_activity()
+        writer.write(data)
+        return True
+
+    def congested(self) -> bool:
+        writer = self._writer()
+        return writer is not None and writer.transport.get_write_buffer_size() > self.HIGH_WATER
+
+    async def drained(self) -> bool:
+        writer = self._writer()
+        if writer is None:
+            return False
+        try:
+            await writer.drain()
+        except (OSError, RuntimeError):
+            return False
+        return not writer.is_closing()
 
     def response_state(self, in_flight: bool) -> None:
         layer_keepalive = self.keepalive
@@ -533,17 +588,13 @@ class MitmChannel:
                 layer_keepalive.response_ended()
 
     def close(self, code: int, reason: str) -> None:
-        asyncio.get_running_loop().create_task(
-            self.inject(BridgeInjected(self.flow, _placeholder(), close=(code, reason)))
-        )
+        self._loop.create_task(self.inject(BridgeInjected(self.flow, _placeholder(), close=(code, reason))))
 
     async def inject(self, event: BridgeInjected) -> bool:
-        handler = self._handler
-        io = handler.transports.get(handler.client)
-        if io is None or io.writer is None:
+        writer = self._writer()
+        if writer is None:
             return False
-        await handler.server_event(event)
-        writer = io.writer
+        await self._handler.server_event(event)
         if writer.is_closing():
             return False
         try:

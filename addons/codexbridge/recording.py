@@ -181,7 +181,7 @@ class Redactor:
         return [(n, REDACTED if SECRET_HEADERS.match(n) else self.text(v)) for n, v in headers]
 
 
-_LONG_STRING_CACHE: dict[int, re.Pattern[str]] = {}
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _MARKER = re.compile(r"<elided \d+ chars sha256:[0-9a-f]{16}>")
 # Per-run noise inside tool output; left out of an elided string's hash so that reruns hash alike.
 VOLATILE_TEXT = re.compile(r"(Chunk ID: |Wall time: )[\w.]+")
@@ -191,18 +191,17 @@ def elide_text(text: str, over: int) -> str:
     """Replaces every JSON string literal longer than `over` characters by a marker with its length and hash."""
     if over <= 0 or len(text) <= over:
         return text
-    pattern = _LONG_STRING_CACHE.get(over)
-    if pattern is None:
-        pattern = _LONG_STRING_CACHE[over] = re.compile(r'"((?:[^"\\]|\\.){%d,})"' % (over + 1))
 
     def marker(m: re.Match[str]) -> str:
         body = m.group(1)
-        if _MARKER.fullmatch(body):
+        if len(body) <= over or _MARKER.fullmatch(body):
             return m.group(0)  # already elided: elision is idempotent
         digest = hashlib.sha256(VOLATILE_TEXT.sub(r"\1", body).encode()).hexdigest()[:16]
         return f'"<elided {len(body)} chars sha256:{digest}>"'
 
-    return pattern.sub(marker, text)
+    # Every string literal is matched, short ones too, so that a closing quote is never taken for an
+    # opening one (the text between two strings, or between two events of one chunk, is not a string).
+    return _STRING.sub(marker, text)
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -9,13 +9,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from .conversation import PreparedRequest, ResponseTracker
 from .frames import dumps, error_frame
 from .headers import error_headers
 from .sse import SseDecoder
 from .steering import Steer, stream_prefix, tag
+from .http1 import ResponseHead
+from .upstream import Connection, Sink, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSettings, UpstreamTimeout
 
 if TYPE_CHECKING:
     from .record_pipe import RemoteRecorder
@@ -28,26 +28,43 @@ _NEEDS_PARSE = re.compile(
 )
 _MAX_ERROR_BODY = 64 * 1024
 
-Send = Callable[[list[bytes], bool], Awaitable[None]]
+
+class Downstream:
+    """Where a response's frames go: written at once, with a way to wait for a slow client."""
+
+    def __init__(self, emit: Callable[[list[bytes], bool], bool], congested: Callable[[], bool],
+                 drained: Callable[[], Awaitable[bool]]) -> None:
+        self.emit = emit  # False: the client is gone
+        self.congested = congested
+        self.drained = drained
+
+    async def send(self, frames: list[bytes], synthetic: bool) -> None:
+        if self.emit(frames, synthetic) and self.congested():
+            await self.drained()
 
 
 class ResponseRun:
     """Streams one upstream response to one lane; knows its id once the upstream names it."""
 
-    def __init__(self, prepared: PreparedRequest, lane: str | None, client: httpx.AsyncClient, url: str,
-                 headers: list[tuple[str, str]], send: Send, recorder: RemoteRecorder | None) -> None:
+    def __init__(self, prepared: PreparedRequest, lane: str | None, pool: UpstreamPool, settings: UpstreamSettings,
+                 url: str, headers: list[tuple[str, str]], downstream: Downstream,
+                 recorder: RemoteRecorder | None) -> None:
         self.prepared = prepared
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)
         self.steers: list[Steer] = []  # accepted steering input, committed by a successor
         self.failed_status: int | None = None  # status of the error frame this response ended with
         self.task: asyncio.Task[None] | None = None
-        self._client = client
+        self._pool = pool
+        self._settings = settings
         self._url = url
         self._headers = headers
-        self._send = send
+        self._down = downstream
         self._recorder = recorder
         self._prefix = stream_prefix(lane) if lane is not None else None
+        self._decoder = SseDecoder()
+        self._conn: Connection | None = None  # the upstream connection, once its response head is in
+        self._draining: asyncio.Task[None] | None = None
 
     @property
     def response_id(self) -> str | None:
@@ -59,87 +76,108 @@ class ResponseRun:
 
     async def error(self, frame: bytes) -> None:
         self.failed_status = json.loads(frame).get("status")
-        await self._send(self.tagged([frame]), True)
+        await self._down.send(self.tagged([frame]), True)
 
     async def run(self) -> None:
         body = dumps(self.prepared.body)
-        request = self._client.build_request("POST", self._url, headers=self._headers, content=body)
         rec = self._recorder
         if rec is not None:
-            rec.upstream_request("POST", self._url, request.headers.multi_items(), body)
+            host = self._url.split("/", 3)[2] if "://" in self._url else ""
+            rec.upstream_request("POST", self._url, [("Host", host), *self._headers,
+                                                     ("Content-Length", str(len(body)))], body)
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as e:
-            self._record_end(f"timeout: {e!r}")
-            await self.error(error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e!r}"))
+            response = await self._pool.request(self._settings, "POST", self._url, self._headers, body, self._head,
+                                                keep_pieces=rec is not None)
+        except UpstreamTimeout as e:
+            self._record_end(f"timeout: {e}")
+            await self.error(error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e}"))
             return
-        except httpx.HTTPError as e:
-            self._record_end(f"unreachable: {e!r}")
-            await self.error(error_frame(502, "upstream_unreachable", f"Upstream unreachable: {e!r}"))
+        except UpstreamError as e:
+            self._record_end(f"unreachable: {e}")
+            await self.error(error_frame(502, "upstream_unreachable", f"Upstream unreachable: {e}"))
             return
-        if rec is not None:
-            rec.upstream_response(response.status_code, response.headers.multi_items())
+        streaming = self._head(response.head, response.connection) is not None
+        ctype = response.head.get("content-type")
         failure: str | None = None
-        ctype = response.headers.get("content-type", "")
-        streaming = response.status_code == 200 and "text/event-stream" in ctype
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 await self.error(await self._upstream_error(response))
             elif not streaming:
                 await self.error(error_frame(
                     502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream."))
             else:
-                await self._relay(response)
-        except httpx.TimeoutException:
+                await response.stream(self._on_body)
+        except UpstreamTimeout:
             failure = "timeout mid-stream"
             await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
-        except httpx.HTTPError as e:
-            failure = f"stream broke: {e!r}"
-            await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e!r}"))
+        except UpstreamError as e:
+            failure = f"stream broke: {e}"
+            await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
         except asyncio.CancelledError:
             failure = "cancelled"
             raise
         finally:
-            await response.aclose()
+            if self._draining is not None:
+                self._draining.cancel()
+            response.release()
             self._record_end(failure)
         if failure is None and streaming and self.tracker.terminal is None:
             await self.error(error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event."))
 
-    async def _relay(self, response: httpx.Response) -> None:
-        decoder = SseDecoder()
+    def _head(self, head: ResponseHead, conn: Connection) -> Sink | None:
+        """Records the response head (once); an event stream's body goes straight to the relay."""
+        if self._conn is None:
+            self._conn = conn
+            if self._recorder is not None:
+                self._recorder.upstream_response(head.status, head.headers)
+        if head.status == 200 and "text/event-stream" in head.get("content-type"):
+            return self._on_body
+        return None
+
+    def _on_body(self, chunk: bytes) -> None:
+        """Called for each network read of the event stream, from the upstream connection's callback."""
+        rec = self._recorder
+        if rec is not None:
+            assert self._conn is not None
+            pieces = self._conn.pieces  # as the upstream framed them, for a faithful replay
+            if len(pieces) < 2 or sum(map(len, pieces)) != len(chunk):
+                pieces = [chunk]
+            for piece in pieces:
+                rec.upstream_chunk(piece)
         needs_parse = _NEEDS_PARSE.search
         tracker = self.tracker
         prefix = self._prefix
-        rec = self._recorder
-        async for chunk in response.aiter_bytes():
-            if rec is not None:
-                rec.upstream_chunk(chunk)
-            batch: list[bytes] = []
-            for event in decoder.feed(chunk):
-                data = event.data
-                if event.event and not data.startswith(b'{"type"'):
-                    typed = _typed(event.event, data)
-                    if typed is None:
-                        continue
-                    data = typed
+        batch: list[bytes] = []
+        for event in self._decoder.feed(chunk):
+            data = event.data
+            if event.event and not data.startswith(b'{"type"'):
+                typed = _typed(event.event, data)
+                if typed is None:
+                    continue
+                data = typed
+                tracker.observe(json.loads(data), len(data))
+            elif needs_parse(data):
+                try:
                     tracker.observe(json.loads(data), len(data))
-                elif needs_parse(data):
-                    try:
-                        tracker.observe(json.loads(data), len(data))
-                    except ValueError:
-                        pass
-                batch.append(data if prefix is None else tag(data, prefix))
-            if batch:
-                await self._send(batch, False)
+                except ValueError:
+                    pass
+            batch.append(data if prefix is None else tag(data, prefix))
+        if batch and self._down.emit(batch, False) and self._draining is None and self._down.congested():
+            assert self._conn is not None
+            self._conn.pause()
+            self._draining = asyncio.get_running_loop().create_task(self._resume_when_drained(self._conn))
 
-    async def _upstream_error(self, response: httpx.Response) -> bytes:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            if self._recorder is not None:
-                self._recorder.upstream_chunk(chunk)
-            body += chunk
-            if len(body) > _MAX_ERROR_BODY:
-                break
+    async def _resume_when_drained(self, conn: Connection) -> None:
+        try:
+            if await self._down.drained():
+                conn.resume()
+        finally:
+            self._draining = None
+
+    async def _upstream_error(self, response: UpstreamResponse) -> bytes:
+        body = await response.read(_MAX_ERROR_BODY)
+        if self._recorder is not None and body:
+            self._recorder.upstream_chunk(body)
         error: dict[str, Any] | None = None
         try:
             parsed = json.loads(body)
@@ -147,7 +185,7 @@ class ResponseRun:
                 error = parsed["error"]
         except ValueError:
             pass
-        status = response.status_code
+        status = response.status
         if error is None:
             text = body.decode("utf-8", "replace").strip()[:500]
             error = {
@@ -155,7 +193,7 @@ class ResponseRun:
                 "code": f"upstream_http_{status}",
                 "message": text or f"Upstream answered HTTP {status}.",
             }
-        return error_frame(status, "", "", error=error, headers=error_headers(response.headers.multi_items()))
+        return error_frame(status, "", "", error=error, headers=error_headers(response.headers))
 
     def _record_end(self, error: str | None) -> None:
         if self._recorder is not None:

@@ -15,7 +15,7 @@ from . import steering
 from .conversation import ClientFrameError, Conversation, PreparedRequest, validate_client_frame
 from .frames import dumps, error_frame, synthetic_prewarm, synthetic_response_id
 from .headers import upstream_request_headers
-from .response_run import ResponseRun
+from .response_run import Downstream, ResponseRun
 from .steering import PendingSteers, Steer, SteerError
 from .upstream import UpstreamPool, UpstreamSettings
 
@@ -28,8 +28,14 @@ log = logging.getLogger("codexbridge.session")
 class ClientChannel(Protocol):
     """The downstream side, implemented by the mitmproxy glue."""
 
-    def send(self, frames: list[bytes], synthetic: bool = False) -> Awaitable[bool]:
-        """Sends text frames in order; resolves False when the client cannot be written to."""
+    def write(self, frames: list[bytes], synthetic: bool = False) -> bool:
+        """Sends text frames now, in order; False when the client cannot be written to."""
+
+    def congested(self) -> bool:
+        """More is buffered toward the client than it has read."""
+
+    def drained(self) -> Awaitable[bool]:
+        """Resolves when the client has read what was buffered; False when it is gone."""
 
     def response_state(self, in_flight: bool) -> None:
         """Responses started or all ended (the text keepalive runs only in between)."""
@@ -86,6 +92,7 @@ class BridgeSession:
         self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
         self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
         self._steer_ids = 0
+        self.downstream = Downstream(self._emit, channel.congested, self._drained)
 
     # -- client side ------------------------------------------------------------------------
 
@@ -196,9 +203,8 @@ class BridgeSession:
             self._start(ready, prepared)
 
     def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
-        client = self.pool.client(self.config.settings)
-        run = ResponseRun(prepared, lane.stream_id, client, self.config.upstream_url, self.request_headers,
-                          self._send, self.recorder)
+        run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
+                          self.request_headers, self.downstream, self.recorder)
         lane.active = run
         if not self.runs:
             self.channel.response_state(True)
@@ -314,14 +320,26 @@ class BridgeSession:
         self.stats.server_frames += len(frames)
         self.stats.server_bytes += sum(map(len, frames))
 
-    async def _send(self, frames: list[bytes], synthetic: bool = False) -> None:
+    def _emit(self, frames: list[bytes], synthetic: bool = False) -> bool:
         if self.client_gone:
-            return
+            return False
         if synthetic and frames and b'"type":"error"' in frames[0][:40]:
             self.stats.errors += 1
         self._count(frames)
-        if not await self.channel.send(frames, synthetic) and not self.client_gone:
+        if not self.channel.write(frames, synthetic):
             self.on_client_closed()
+            return False
+        return True
+
+    async def _drained(self) -> bool:
+        if await self.channel.drained():
+            return True
+        if not self.client_gone:
+            self.on_client_closed()
+        return False
+
+    async def _send(self, frames: list[bytes], synthetic: bool = False) -> None:
+        await self.downstream.send(frames, synthetic)
 
     def _finish(self) -> None:
         if self.closed.is_set():
