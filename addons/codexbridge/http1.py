@@ -30,11 +30,17 @@ class ResponseHead:
     status: int
     reason: str
     headers: list[tuple[str, str]]
+    _index: dict[str, str] | None = None
 
     def get(self, name: str, default: str = "") -> str:
-        name = name.lower()
-        values = [v for k, v in self.headers if k.lower() == name]
-        return ", ".join(values) if values else default
+        """A header's value by case-insensitive name; repeated headers joined with ', '."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self.headers:
+                key = key.lower()
+                index[key] = f"{index[key]}, {value}" if key in index else value
+        return index.get(name.lower(), default)
 
 
 _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = range(4)

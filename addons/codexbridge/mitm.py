@@ -28,6 +28,7 @@ from mitmproxy.proxy.utils import expect
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
+from . import wsread
 from .conversation import TERMINAL_EVENTS, ClientFrameError
 from .frames import encode_text_frame
 from .keepalive import TEXT_KEEPALIVE_FRAME, Action, KeepalivePolicy, KeepaliveState
@@ -78,6 +79,7 @@ class BridgeInjected(ws_layers.WebSocketMessageInjected):
     keepalive: bool = False  # the frames are a text keepalive (recorded as such, not as output)
     close: tuple[int, str] | None = None
     ping: bytes | None = None
+    client_closed: wse.CloseConnection | None = None  # read by a DirectReader: the layers must see it
 
 
 class BridgeHooks(Protocol):
@@ -158,6 +160,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self.client_gone = False
         self._incoming = 0
         self._frames_in = 0
+        self._reader_tried = False
+        self._fast: wsread.FastReader | None = None
         self._started = time.monotonic()
 
     @expect(events.Start)
@@ -305,6 +309,76 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             elif isinstance(ws_event, wse.CloseConnection):
                 yield from self._close_client(ws_event.code, ws_event.reason or "", by_client=True)
                 return
+        if not self._reader_tried and isinstance(event, events.DataReceived):
+            self._take_over_reading()
+
+    def _take_over_reading(self) -> None:
+        """On a plain client connection, later bytes are read by a DirectReader: in the socket callback,
+        without mitmproxy's reader task and layer pass. Done between two reads, so nothing is reordered."""
+        channel = self.plan.channel
+        if channel is None or not channel.direct or self.plan.message_hook or self.client_gone:
+            self._reader_tried = True
+            return
+        io = channel.connection_io()
+        reader = io.reader if io is not None else None
+        transport = getattr(io.writer, "transport", None) if io is not None else None
+        inner = transport.get_protocol() if transport is not None else None
+        pending = getattr(reader, "_buffer", None)
+        if not isinstance(inner, asyncio.StreamReaderProtocol) or not hasattr(transport, "set_protocol") or pending is None:
+            self._reader_tried = True
+            return
+        if pending:
+            return  # mitmproxy's reader task has bytes to deliver first: try again after them
+        if not _wsproto_idle(self.client_ws):
+            return  # a frame is half read: wait for a frame boundary
+        self._reader_tried = True
+        self._fast = wsread.FastReader(self.hooks.max_frame_bytes if self.hooks is not None else 0)
+        transport.set_protocol(DirectReader(self, inner, channel))
+
+    def direct_data(self, data: bytes, channel: MitmChannel) -> None:
+        """Client bytes from a DirectReader: the same rules as serve_bridged, commands carried out here.
+        Common frames go through the fast reader; from the first other one on, wsproto reads."""
+        hooks = self.hooks
+        if hooks is None or self.client_gone:
+            return
+        channel.activity()
+        fast = self._fast
+        if fast is not None:
+            for frame in fast.feed(data):
+                if self.client_gone:
+                    return
+                if frame.opcode == wsread.PING:
+                    pong = wsread.pong_frame(frame.payload)
+                    if self.keepalive is not None:
+                        self.keepalive.wrote(False, len(pong))
+                    channel.write_raw(pong)
+                elif frame.opcode == wsread.PONG:
+                    if self.keepalive is not None:
+                        self.keepalive.pong(frame.payload)
+                else:
+                    self._note_client_frame(frame.payload, frame.text)
+                    out = self._bridge_client_frame(frame.text, hooks)
+                    wire = self.outgoing(out, True) if out else None
+                    if wire:
+                        channel.write_raw(wire)
+            if not fast.stopped:
+                return
+            data, fast.rest, self._fast = fast.rest, b"", None
+            if not data:
+                return
+        self.client_ws.receive_data(data)
+        for ws_event in self.client_ws.events():
+            if isinstance(ws_event, wse.Message):
+                for command in self._client_message(ws_event, hooks):
+                    if not isinstance(command, commands.SendData):
+                        raise RuntimeError(f"unexpected command on the direct path: {command!r}")
+                    channel.write_raw(command.data)
+            elif isinstance(ws_event, wse.Ping):
+                channel.write_raw(self.client_ws.send2(ws_event.response()).data)
+            elif isinstance(ws_event, wse.CloseConnection):
+                # the close handshake, websocket_end and the flow's end belong to the layers
+                channel.inject_now(BridgeInjected(self.flow, _placeholder(), client_closed=ws_event))
+                return
 
     def _client_message(self, ws_event: wse.Message, hooks: BridgeHooks) -> layer.CommandGenerator[None]:
         buf = self.client_ws.frame_buf
@@ -315,36 +389,49 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             buf[-1] += chunk
         if not ws_event.message_finished:
             return
-        self._frames_in += 1
         size, self._incoming = self._incoming, 0
         content = b"".join(buf)
         self.client_ws.frame_buf = [b""]
-        if self.recorder is not None:
-            if limit and size > limit:
-                self.recorder.error("client", f"client frame of {size} bytes over the limit was discarded")
-            else:
-                self.recorder.client_frame(content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else content)
         if limit and size > limit:
+            self._frames_in += 1
+            if self.recorder is not None:
+                self.recorder.error("client", f"client frame of {size} bytes over the limit was discarded")
             out = hooks.on_client_error(
                 ClientFrameError("frame_too_large", f"Client frame of {size} bytes exceeds the limit of {limit} bytes.")
             )
             yield from self._send_frames(out, synthetic=True)
             return
-        is_text = isinstance(ws_event.data, str)
-        message = WebSocketMessage(Opcode.TEXT if is_text else Opcode.BINARY, True, content)
-        self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
+        text = content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else None
+        message = self._note_client_frame(content, text)
         if self.plan.message_hook:
             yield ws_layers.WebsocketMessageHook(self.flow)
             if message.dropped or self.client_gone:
                 return
-        if message.is_text:
-            out = hooks.on_client_text(message.text)
-        else:
-            out = hooks.on_client_error(ClientFrameError("binary_frame", "Binary frames are not supported; send JSON text frames."))
+            text = message.text if message.is_text else None
+        out = self._bridge_client_frame(text, hooks)
         if out:
             yield from self._send_frames(out, synthetic=True)
 
+    def _note_client_frame(self, content: bytes, text: str | None) -> WebSocketMessage:
+        """Counts, records and keeps (for mitmweb and flow files) one complete client frame."""
+        self._frames_in += 1
+        if self.recorder is not None:
+            self.recorder.client_frame(text if text is not None else content)
+        message = WebSocketMessage(Opcode.TEXT if text is not None else Opcode.BINARY, True, content)
+        self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
+        return message
+
+    @staticmethod
+    def _bridge_client_frame(text: str | None, hooks: BridgeHooks) -> list[bytes]:
+        if text is not None:
+            return hooks.on_client_text(text)
+        return hooks.on_client_error(ClientFrameError("binary_frame", "Binary frames are not supported; send JSON text frames."))
+
     def _send_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+        if event.client_closed is not None:
+            if not self.client_gone:
+                yield from self._close_client(event.client_closed.code, event.client_closed.reason or "", by_client=True)
+            return
         if event.frames:
             yield from self._send_frames(event.frames, event.synthetic, event.keepalive)
         if event.ping is not None and self.client_ws.state is wsproto.ConnectionState.OPEN:
@@ -422,6 +509,16 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             ws.close_code if ws else None, "client" if ws and ws.closed_by_client else "proxy",
             self._frames_in, stats[0], stats[1], time.monotonic() - self._started,
         )
+
+
+def _wsproto_idle(ws: wsproto.Connection) -> bool:
+    """No partial frame or fragmented message inside wsproto: another reader may start at the next byte."""
+    proto = getattr(ws, "_proto", None)
+    try:
+        decoder = proto._frame_decoder  # type: ignore[union-attr]
+        return decoder.header is None and len(decoder.buffer) == 0 and proto._message_decoder.opcode is None  # type: ignore[union-attr]
+    except AttributeError:
+        return False
 
 
 def _event_type(content: bytes) -> str | None:
@@ -520,6 +617,35 @@ def uninstall() -> None:
     ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]
 
 
+class DirectReader(asyncio.Protocol):
+    """Reads a bridged plain-TCP client for its layer; end of stream and flow control still go to
+    mitmproxy's own protocol, so the connection ends and drains exactly as before."""
+
+    def __init__(self, layer_: CodexWebsocketLayer, inner: asyncio.StreamReaderProtocol, channel: MitmChannel) -> None:
+        self.layer = layer_
+        self.inner = inner
+        self.channel = channel
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.layer.direct_data(data, self.channel)
+        except Exception:
+            log.exception("stage=bridge_error client=%s; closing the connection", self.layer.context.client.peername)
+            self.channel.close(1011, "codexbridge internal error")
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class MitmChannel:
     """Sends to a client: straight to its socket when nothing sits between (plain TCP), else through
     the layers (TLS); in both cases in order and with the layer's bookkeeping."""
@@ -537,6 +663,25 @@ class MitmChannel:
         # Over TLS the layers must encrypt; on a plain connection no layer changes client-bound bytes.
         self._direct = not flow.client_conn.tls
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def direct(self) -> bool:
+        return self._direct
+
+    def connection_io(self) -> Any:
+        handler = self._handler
+        return handler.transports.get(handler.client)
+
+    def activity(self) -> None:
+        self._handler.timeout_watchdog.register_activity()
+
+    def write_raw(self, data: bytes) -> None:
+        writer = self._writer()
+        if writer is not None:
+            writer.write(data)
+
+    def inject_now(self, event: BridgeInjected) -> None:
+        self._loop.create_task(self.inject(event))
 
     def _writer(self) -> asyncio.StreamWriter | None:
         handler = self._handler

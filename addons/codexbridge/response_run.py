@@ -144,10 +144,11 @@ class ResponseRun:
                 pieces = [chunk]
             for piece in pieces:
                 rec.upstream_chunk(piece)
-        needs_parse = _NEEDS_PARSE.search
         tracker = self.tracker
         prefix = self._prefix
         batch: list[bytes] = []
+        parse: list[bytes] = []  # events the history rules must read: after the batch went out
+        needs_parse = _NEEDS_PARSE.search
         for event in self._decoder.feed(chunk):
             data = event.data
             if event.event and not data.startswith(b'{"type"'):
@@ -155,14 +156,17 @@ class ResponseRun:
                 if typed is None:
                     continue
                 data = typed
-                tracker.observe(json.loads(data), len(data))
+                parse.append(data)
             elif needs_parse(data):
-                try:
-                    tracker.observe(json.loads(data), len(data))
-                except ValueError:
-                    pass
+                parse.append(data)
             batch.append(data if prefix is None else tag(data, prefix))
-        if batch and self._down.emit(batch, False) and self._draining is None and self._down.congested():
+        sent = bool(batch) and self._down.emit(batch, False)
+        for data in parse:
+            try:
+                tracker.observe(json.loads(data), len(data))
+            except ValueError:
+                pass
+        if sent and self._draining is None and self._down.congested():
             assert self._conn is not None
             self._conn.pause()
             self._draining = asyncio.get_running_loop().create_task(self._resume_when_drained(self._conn))

@@ -194,7 +194,8 @@ class Connection(asyncio.Protocol):
         self._done.add_done_callback(_consume)
         self._silence = silence
         self._last = self.loop.time()
-        self._arm(self._last + silence)
+        if self._timer is None:  # a timer left from the previous exchange re-arms itself for this one
+            self._arm(self._last + silence)
         self.transport.write(request)
         return self._head
 
@@ -240,17 +241,15 @@ class Connection(asyncio.Protocol):
         return (parser.pieces or []) if parser is not None else []
 
     def reset(self) -> None:
-        """Ready for the next request on the same connection."""
+        """Ready for the next request on the same connection (a pending silence timer finds nothing to do)."""
         self._parser = None
         self._sink = None
         self._on_head = None
         self._early = []
-        self._cancel_timer()
 
     # -- internals ----------------------------------------------------------------------------
 
     def _complete(self) -> None:
-        self._cancel_timer()
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
