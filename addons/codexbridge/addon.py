@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from .session import BridgeSession, SessionConfig
 from .upstream import UpstreamPool, UpstreamSettings
 
 log = logging.getLogger("codexbridge")
+GC_YOUNG_THRESHOLD = 10_000
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MODES = ("bridge", "passthrough", "auto", "reject", "off")
@@ -154,6 +156,13 @@ class CodexBridge:
             "too_many_queued_responses error event.",
         )
         loader.add_option(
+            "codexbridge_gc_tuning", bool, True,
+            "At startup, move every object that exists then out of the garbage collector's scans (gc.freeze) "
+            f"and collect young objects every {GC_YOUNG_THRESHOLD:,} allocations instead of Python's 700: "
+            "streams allocate many short-lived objects, and full scans of the startup heap were the largest "
+            "source of throughput jitter in codexbridge bench.",
+        )
+        loader.add_option(
             "codexbridge_message_hook", bool, False,
             "Run mitmproxy's websocket_message hook for each client frame of a bridged session before it is "
             "bridged, so that other addons can see, change or drop it. Off by default: the hook is a pass over "
@@ -219,6 +228,11 @@ class CodexBridge:
                 "connection_strategy=eager opens an unused upstream connection per client; "
                 "--set connection_strategy=lazy avoids it."
             )
+        if ctx.options.codexbridge_gc_tuning and ctx.options.codexbridge_mode != "off":
+            gc.collect()
+            gc.freeze()
+            young, middle, old = gc.get_threshold()
+            gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
     def _settings(self, flow: http.HTTPFlow) -> UpstreamSettings:
         opts = ctx.options

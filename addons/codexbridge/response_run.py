@@ -149,10 +149,9 @@ class ResponseRun:
         batch: list[bytes] = []
         parse: list[bytes] = []  # events the history rules must read: after the batch went out
         needs_parse = _NEEDS_PARSE.search
-        for event in self._decoder.feed(chunk):
-            data = event.data
-            if event.event and not data.startswith(b'{"type"'):
-                typed = _typed(event.event, data)
+        for name, data in self._decoder.feed(chunk):
+            if name and not data.startswith(b'{"type"'):
+                typed = _typed(name, data)
                 if typed is None:
                     continue
                 data = typed

@@ -13,6 +13,9 @@ class SseEvent(NamedTuple):
     data: bytes
 
 
+_new = tuple.__new__  # builds an SseEvent without the namedtuple's Python-level constructor
+
+
 # The shape nearly every gateway sends: optional `event:` line, one `data:` line, blank line.
 _SIMPLE_EVENTS = re.compile(rb"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)*")
 _SIMPLE_EVENT = re.compile(rb"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
@@ -54,15 +57,20 @@ class SseDecoder:
                 self._pending_cr = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        # Only complete events are parsed: the bytes after the last blank line wait, unparsed, for the
+        # rest of their event, so every network read starts at an event boundary (and the fast path applies).
+        end = buf.rfind(b"\n\n") + 2
+        if end < 2:
+            self._buf = buf
+            return []
+        self._buf = buf[end:]
+        if _SIMPLE_EVENTS.fullmatch(buf, 0, end):
+            # fast path: a run of simple events, parsed in C
+            return [_new(SseEvent, (name.decode("utf-8", "replace") if name else "", data))
+                    for name, data in _SIMPLE_EVENT.findall(buf, 0, end)]
         events: list[SseEvent] = []
-        if not self._has_data and not self._event:
-            # fast path: a run of simple events, parsed in C; the rest goes line by line
-            end = buf.rfind(b"\n\n") + 2
-            if end > 1 and _SIMPLE_EVENTS.fullmatch(buf, 0, end):
-                events = [SseEvent(name.decode("utf-8", "replace"), data) for name, data in _SIMPLE_EVENT.findall(buf, 0, end)]
-                buf = buf[end:]
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        lines = buf[:end].split(b"\n")
+        lines.pop()  # the empty remainder after the final newline
         for line in lines:
             self._line(line, events)
         return events
