@@ -88,3 +88,18 @@ def test_hands_over_at_close_fragments_reserved_bits_and_limits() -> None:
     long_ping = bytearray(client_frames(wse.Ping(b"p")))
     long_ping[1] = 0x80 | 126
     handed_over(bytes(long_ping[:2]) + (200).to_bytes(2, "big") + bytes(204))
+
+
+def test_server_frames_are_read_unmasked_and_their_wire_bytes_kept() -> None:
+    server = Connection(ConnectionType.SERVER)
+    wire = b"".join(server.send(e) for e in (wse.TextMessage("a" * 300), wse.Ping(b"p"), wse.BytesMessage(b"\x00\x01")))
+    reader = FastReader(masked=False)
+    frames = reader.feed(wire[:-1])
+    assert [(f.opcode, f.payload) for f in frames] == [(TEXT, b"a" * 300), (PING, b"p")]
+    assert reader.consumed == wire[:len(reader.consumed)] and len(reader.consumed) + len(reader.rest) == len(wire) - 1
+    frames = reader.feed(wire[-1:])
+    assert [(f.opcode, f.payload) for f in frames] == [(BINARY, b"\x00\x01")]
+    assert reader.consumed + b"" == wire[-len(reader.consumed):]
+    # a masked frame is not a server frame: hand-over
+    handed = FastReader(masked=False)
+    assert handed.feed(client_frames(wse.TextMessage("masked"))) == [] and handed.stopped

@@ -164,9 +164,10 @@ class CodexBridge:
         )
         loader.add_option(
             "codexbridge_message_hook", bool, False,
-            "Run mitmproxy's websocket_message hook for each client frame of a bridged session before it is "
-            "bridged, so that other addons can see, change or drop it. Off by default: the hook is a pass over "
-            "every loaded addon per frame; frames are still kept in the flow for mitmweb and -w files.",
+            "Run mitmproxy's websocket_message hook for each message of a Codex WebSocket session (client "
+            "frames of a bridged session, before they are bridged; both directions in passthrough), so that "
+            "other addons can see, change or drop them. Off by default: the hook is a pass over every loaded "
+            "addon per message; messages are still kept in the flow for mitmweb and -w files.",
         )
         loader.add_option(
             "codexbridge_stream_sse", bool, True,
@@ -302,6 +303,7 @@ class CodexBridge:
         if mode == "passthrough":
             mitm.plan_flow(flow, mitm.FlowPlan(keepalive=self.keepalive_policy(),
                                                drain=opts.codexbridge_on_disconnect == "drain",
+                                               message_hook=opts.codexbridge_message_hook,
                                                recorder=self.recorder(flow, "passthrough", flow.request.pretty_url)))
             flow.metadata.setdefault("codexbridge", {"mode": "passthrough"})
             return

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -101,7 +102,7 @@ class FlowPlan:
     drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
     channel: MitmChannel | None = None
     recorder: RemoteRecorder | None = None
-    message_hook: bool = False  # bridged: run websocket_message for each client frame before bridging it
+    message_hook: bool = False  # run websocket_message per message (bridged: client frames, before bridging)
 
 
 _plans: dict[str, FlowPlan] = {}
@@ -151,7 +152,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
     def __init__(self, context: Context, flow: http.HTTPFlow):
         super().__init__(context, flow)
-        self.plan = _plans.pop(flow.id, None) or FlowPlan()
+        self.plan = _plans.pop(flow.id, None) or FlowPlan(message_hook=True)  # not ours: stock behaviour
         if self.plan.channel is not None:
             self.plan.channel.layer = self
         self.hooks = self.plan.hooks
@@ -161,6 +162,9 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self._incoming = 0
         self._frames_in = 0
         self._reader_tried = False
+        self._server_reader_tried = False
+        self._fast_server: wsread.FastReader | None = None
+        self._server_aligned = True
         self._fast: wsread.FastReader | None = None
         self._started = time.monotonic()
 
@@ -185,6 +189,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             else:
                 assert isinstance(self.client_ws, ClientWebsocket)
                 self.client_ws.keepalive = self.keepalive
+        if self.hooks is None:
+            self._take_over_server_reading()
 
     _handle_event = start
 
@@ -206,9 +212,19 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                 command = gen.send(reply)
                 if isinstance(command, ws_layers.WebsocketMessageHook):
                     self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]
+                    if not self.plan.message_hook:
+                        reply = None  # as if the hook ran: no pass over every addon per relayed message
+                        continue
                 reply = yield command
         except StopIteration:
             pass
+        if isinstance(event, events.DataReceived) and event.connection == self.context.server:
+            if self._fast_server is not None:
+                # bytes the layers read (left after the 101, or handed over): the fast reader may resume
+                # only at a frame boundary
+                self._server_aligned = _wsproto_idle(self.server_ws)
+            elif not self._server_reader_tried and self._handle_event == self.relay_messages:
+                self._take_over_server_reading()
         if self._handle_event == self.done:
             ws = self.flow.websocket
             if self.recorder is not None and ws is not None:
@@ -333,7 +349,70 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             return  # a frame is half read: wait for a frame boundary
         self._reader_tried = True
         self._fast = wsread.FastReader(self.hooks.max_frame_bytes if self.hooks is not None else 0)
-        transport.set_protocol(DirectReader(self, inner, channel))
+        transport.set_protocol(DirectReader(self, inner, channel, self.direct_data))
+
+    def _take_over_server_reading(self) -> None:
+        """Passthrough with plain connections both ways, no extension and no message hook: later server
+        bytes are read in the socket callback and their frames forwarded unchanged to the client."""
+        response = self.flow.response
+        if (self.plan.message_hook or self.client_gone or self.context.server.tls or self.context.client.tls
+                or response is None or response.headers.get("sec-websocket-extensions")):
+            self._server_reader_tried = True
+            return
+        try:
+            channel = (self.plan.channel or (self.keepalive.channel if self.keepalive is not None else None)
+                       or MitmChannel(self.flow))
+        except ValueError:
+            self._server_reader_tried = True
+            return
+        channel.layer = self
+        io = channel.connection_io(self.context.server)
+        reader = io.reader if io is not None else None
+        transport = getattr(io.writer, "transport", None) if io is not None else None
+        inner = transport.get_protocol() if transport is not None else None
+        pending = getattr(reader, "_buffer", None)
+        if not isinstance(inner, asyncio.StreamReaderProtocol) or not hasattr(transport, "set_protocol") or pending is None:
+            self._server_reader_tried = True
+            return
+        if pending or not _wsproto_idle(self.server_ws):
+            return  # bytes or half a frame still on mitmproxy's side: try after the next read
+        self._server_reader_tried = True
+        self._fast_server = wsread.FastReader(masked=False)
+        transport.set_protocol(DirectReader(self, inner, channel, self.direct_server_data))
+        log.debug("stage=direct_relay client=%s: server frames are forwarded from the socket callback",
+                  self.context.client.peername)
+
+    def direct_server_data(self, data: bytes, channel: MitmChannel) -> None:
+        """Server bytes from a DirectReader (passthrough): common frames go to the client as they came;
+        from the first other frame on, and once the client is gone, the layers take the bytes as before."""
+        fast = self._fast_server
+        if fast is None or not self._server_aligned or self.client_gone or self._handle_event != self.relay_messages:
+            channel.inject_now(events.DataReceived(self.context.server, data))
+            return
+        channel.activity()
+        frames = fast.feed(data)
+        if frames:
+            messages = self.flow.websocket.messages  # type: ignore[union-attr]
+            now = time.time()
+            texts = 0
+            for frame in frames:
+                if frame.opcode == wsread.TEXT:
+                    texts += 1
+                    message = _server_text(frame.payload, now, False)
+                elif frame.opcode == wsread.BINARY:
+                    message = WebSocketMessage(Opcode.BINARY, False, frame.payload, now)
+                else:
+                    continue  # a server Ping or Pong goes to the client as it came
+                messages.append(message)
+                self._observe(message)
+            wire = fast.consumed
+            if self.keepalive is not None:
+                self.keepalive.wrote(bool(texts), len(wire), texts)
+            channel.write_raw(wire, self.context.client)
+        if fast.stopped:
+            rest, fast.rest, self._fast_server = fast.rest, b"", None
+            if rest:
+                channel.inject_now(events.DataReceived(self.context.server, rest))
 
     def direct_data(self, data: bytes, channel: MitmChannel) -> None:
         """Client bytes from a DirectReader: the same rules as serve_bridged, commands carried out here.
@@ -547,8 +626,15 @@ def _wsproto_idle(ws: wsproto.Connection) -> bool:
         return False
 
 
+_LEADING_TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.]+)"')
+
+
 def _event_type(content: bytes) -> str | None:
-    if b'"type"' not in content[:200]:
+    """The event's type; without parsing the event when "type" is its first key (as OpenAI sends them)."""
+    match = _LEADING_TYPE.match(content)
+    if match is not None:
+        return match.group(1).decode()
+    if b'"type"' not in content:
         return None
     try:
         obj = json.loads(content)
@@ -647,14 +733,16 @@ class DirectReader(asyncio.Protocol):
     """Reads a bridged plain-TCP client for its layer; end of stream and flow control still go to
     mitmproxy's own protocol, so the connection ends and drains exactly as before."""
 
-    def __init__(self, layer_: CodexWebsocketLayer, inner: asyncio.StreamReaderProtocol, channel: MitmChannel) -> None:
+    def __init__(self, layer_: CodexWebsocketLayer, inner: asyncio.StreamReaderProtocol, channel: MitmChannel,
+                 deliver: Any) -> None:
         self.layer = layer_
         self.inner = inner
         self.channel = channel
+        self.deliver = deliver  # the layer's handler for this connection's bytes
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.layer.direct_data(data, self.channel)
+            self.deliver(data, self.channel)
         except Exception:
             log.exception("stage=bridge_error client=%s; closing the connection", self.layer.context.client.peername)
             self.channel.close(1011, "codexbridge internal error")
@@ -694,24 +782,24 @@ class MitmChannel:
     def direct(self) -> bool:
         return self._direct
 
-    def connection_io(self) -> Any:
+    def connection_io(self, connection: Any = None) -> Any:
         handler = self._handler
-        return handler.transports.get(handler.client)
+        return handler.transports.get(connection if connection is not None else handler.client)
 
     def activity(self) -> None:
         self._handler.timeout_watchdog.register_activity()
 
-    def write_raw(self, data: bytes) -> None:
-        writer = self._writer()
+    def write_raw(self, data: bytes, connection: Any = None) -> None:
+        writer = self._writer(connection)
         if writer is not None:
             writer.write(data)
 
-    def inject_now(self, event: BridgeInjected) -> None:
+    def inject_now(self, event: events.Event) -> None:
         self._loop.create_task(self.inject(event))
 
-    def _writer(self) -> asyncio.StreamWriter | None:
+    def _writer(self, connection: Any = None) -> asyncio.StreamWriter | None:
         handler = self._handler
-        io = handler.transports.get(handler.client)
+        io = handler.transports.get(connection if connection is not None else handler.client)
         writer = io.writer if io is not None else None
         if writer is None or writer.is_closing():
             return None
@@ -761,12 +849,12 @@ class MitmChannel:
     def close(self, code: int, reason: str) -> None:
         self._loop.create_task(self.inject(BridgeInjected(self.flow, _placeholder(), close=(code, reason))))
 
-    async def inject(self, event: BridgeInjected) -> bool:
+    async def inject(self, event: events.Event) -> bool:
         writer = self._writer()
-        if writer is None:
-            return False
+        if writer is None and isinstance(event, BridgeInjected):
+            return False  # nothing to send to; other events (server bytes) still go to the layers
         await self._handler.server_event(event)
-        if writer.is_closing():
+        if writer is None or writer.is_closing():
             return False
         try:
             await writer.drain()

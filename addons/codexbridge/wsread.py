@@ -34,12 +34,18 @@ def pong_frame(payload: bytes) -> bytes:
 
 
 class FastReader:
-    """feed() returns the frames it could decode; once `stopped`, `rest` holds every byte not consumed."""
+    """feed() returns the frames it could decode; once `stopped`, `rest` holds every byte not consumed.
 
-    def __init__(self, max_payload: int = 0) -> None:
+    Reads client frames (masked) by default; with masked=False, server frames, whose wire bytes a
+    relay may forward unchanged: `consumed` holds the bytes of the frames the last feed() returned.
+    """
+
+    def __init__(self, max_payload: int = 0, masked: bool = True) -> None:
         self.max_payload = max_payload  # 0: no limit of its own
+        self.masked = masked
         self.stopped = False
         self.rest = b""
+        self.consumed = b""
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self.rest + data if self.rest else data
@@ -49,27 +55,29 @@ class FastReader:
             b0, b1 = buf[pos], buf[pos + 1]
             opcode = b0 & 0x0F
             length = b1 & 0x7F
-            if b0 & 0xF0 != 0x80 or not b1 & 0x80 or opcode not in (TEXT, BINARY, PING, PONG):
-                self.stopped = True  # fragments, reserved bits, an unmasked frame, Close, unknown opcodes
+            if b0 & 0xF0 != 0x80 or bool(b1 & 0x80) != self.masked or opcode not in (TEXT, BINARY, PING, PONG):
+                self.stopped = True  # fragments, reserved bits, wrong masking, Close, unknown opcodes
                 break
-            head = 6
+            head = 6 if self.masked else 2
             if length == 126:
                 if size - pos < 4:
                     break
                 length = int.from_bytes(buf[pos + 2:pos + 4], "big")
-                head = 8
+                head = 8 if self.masked else 4
             elif length == 127:
                 if size - pos < 10:
                     break
                 length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                head = 14
+                head = 14 if self.masked else 10
             if (opcode >= PING and length > 125) or (self.max_payload and length > self.max_payload):
                 self.stopped = True
                 break
             end = pos + head + length
             if end > size:
                 break
-            payload = _unmask(buf[pos + head:end], buf[pos + head - 4:pos + head])
+            payload = buf[pos + head:end]
+            if self.masked:
+                payload = _unmask(payload, buf[pos + head - 4:pos + head])
             text = None
             if opcode == TEXT:
                 try:
@@ -79,5 +87,6 @@ class FastReader:
                     break
             frames.append(Frame(opcode, payload, text))
             pos = end
+        self.consumed = buf[:pos] if frames else b""
         self.rest = buf[pos:] if pos < size else b""
         return frames
