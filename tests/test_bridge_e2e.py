@@ -444,3 +444,53 @@ def test_session_is_an_ordinary_flow_in_flow_files(module_tmp: Path, upstream: U
     assert server[0]["type"] == "response.created" and server[-1]["type"] == "error"
     assert sum(m.from_client for m in messages) == 2
     assert flow.websocket.close_code == 1000
+
+
+# -- other addons and the client frames (codexbridge_message_hook) ---------------------------------
+
+REWRITER = '''
+import json
+from codexbridge.addon import CodexBridge
+
+
+class Rewriter:
+    def websocket_message(self, flow):
+        message = flow.websocket.messages[-1]
+        if message.from_client and message.is_text:
+            frame = json.loads(message.text)
+            if frame.get("model") == "drop-me":
+                message.drop()
+            else:
+                frame["model"] = "rewritten-by-addon"
+                message.text = json.dumps(frame)
+
+
+addons = [CodexBridge(), Rewriter()]
+'''
+
+
+@pytest.mark.parametrize("hook", [True, False], ids=["hook-on", "hook-off"])
+def test_message_hook_lets_another_addon_change_or_drop_client_frames(hook: bool, tmp_path: Path,
+                                                                      upstream: Upstream) -> None:
+    script = tmp_path / "bridge_and_rewriter.py"
+    script.write_text(REWRITER)
+    proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_message_hook={str(hook).lower()}", script=str(script))
+    upstream.reset()
+
+    async def go() -> None:
+        async with connect(proxy) as ws:
+            if hook:
+                await ws.send(json.dumps(create("dropped?", model="drop-me")))  # dropped: never answered
+            else:
+                assert (await turn(ws, create("not dropped", model="drop-me")))[-1]["type"] == "response.completed"
+            assert (await turn(ws, create("say hi")))[-1]["type"] == "response.completed"
+
+    try:
+        run(go())
+    finally:
+        proxy.stop()
+    models = [r["json"]["model"] for r in upstream.requests()]
+    if hook:
+        assert models == ["rewritten-by-addon"], "the dropped frame must not be bridged, the other one rewritten"
+    else:
+        assert models == ["drop-me", "gpt-5.5"], "without the hook pass no addon sees bridged client frames"
