@@ -346,7 +346,7 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections per origin and settings (LIFO, O(1) per request), closed together."""
 
-    def __init__(self, max_idle_per_origin: int = 64, idle_expiry: float = 60.0) -> None:
+    def __init__(self, max_idle_per_origin: int = 256, idle_expiry: float = 60.0) -> None:
         self.max_idle = max_idle_per_origin
         self.idle_expiry = idle_expiry
         self._idle: dict[tuple[Origin, UpstreamSettings], list[Connection]] = {}
