@@ -15,7 +15,7 @@ from .headers import error_headers
 from .sse import SseDecoder
 from .steering import Steer, stream_prefix, tag
 from .http1 import ResponseHead
-from .upstream import Connection, Sink, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSettings, UpstreamTimeout
+from .upstream import Connection, Exchange, Sink, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSettings, UpstreamTimeout
 
 if TYPE_CHECKING:
     from .record_pipe import RemoteRecorder
@@ -64,6 +64,8 @@ class ResponseRun:
         self._prefix = stream_prefix(lane) if lane is not None else None
         self._decoder = SseDecoder()
         self._conn: Connection | None = None  # the upstream connection, once its response head is in
+        self._exchange: Exchange | None = None
+        self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
 
     @property
@@ -78,16 +80,28 @@ class ResponseRun:
         self.failed_status = json.loads(frame).get("status")
         await self._down.send(self.tagged([frame]), True)
 
-    async def run(self) -> None:
+    def begin(self) -> None:
+        """Writes the request at once when a kept-alive upstream connection is idle, so that the
+        upstream starts working before this run's task and bookkeeping do; run() does the rest."""
         body = dumps(self.prepared.body)
-        rec = self._recorder
-        if rec is not None:
+        if self._recorder is not None:
             host = self._url.split("/", 3)[2] if "://" in self._url else ""
-            rec.upstream_request("POST", self._url, [("Host", host), *self._headers,
-                                                     ("Content-Length", str(len(body)))], body)
+            self._recorder.upstream_request("POST", self._url, [("Host", host), *self._headers,
+                                                                ("Content-Length", str(len(body)))], body)
         try:
-            response = await self._pool.request(self._settings, "POST", self._url, self._headers, body, self._head,
-                                                keep_pieces=rec is not None)
+            self._exchange = self._pool.send(self._settings, "POST", self._url, self._headers, body, self._head,
+                                             keep_pieces=self._recorder is not None)
+        except Exception as e:  # noqa: BLE001 - reported by run(), in the response's own task
+            self._begin_error = e
+
+    async def run(self) -> None:
+        if self._exchange is None and self._begin_error is None:
+            self.begin()
+        try:
+            if self._begin_error is not None:
+                raise self._begin_error
+            assert self._exchange is not None
+            response = await self._pool.response(self._exchange)
         except UpstreamTimeout as e:
             self._record_end(f"timeout: {e}")
             await self.error(error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e}"))

@@ -206,10 +206,12 @@ class BridgeSession:
         run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
                           self.request_headers, self.downstream, self.recorder)
         lane.active = run
-        if not self.runs:
-            self.channel.response_state(True)
+        first = not self.runs
         self.runs.add(run)
+        run.begin()  # the request goes out before the task and the keepalive bookkeeping
         run.task = asyncio.get_running_loop().create_task(self._respond(run, lane), name="codexbridge response")
+        if first and run in self.runs:  # (an eager task may already have finished it)
+            self.channel.response_state(True)
         return run
 
     async def _respond(self, run: ResponseRun, lane: Lane) -> None:

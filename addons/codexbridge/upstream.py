@@ -190,6 +190,7 @@ class Connection(asyncio.Protocol):
         self._on_head = on_head
         self._got_bytes = False
         self._head = self.loop.create_future()
+        self._head.add_done_callback(_consume)
         self._done = self.loop.create_future()
         self._done.add_done_callback(_consume)
         self._silence = silence
@@ -295,6 +296,27 @@ def _consume(fut: asyncio.Future[None]) -> None:
         fut.exception()  # a failure nobody awaited is not "never retrieved"
 
 
+class Exchange:
+    """One request: its bytes, and the connection and head future once it was written."""
+
+    __slots__ = ("origin", "settings", "raw", "on_head", "keep_pieces", "conn", "head", "reused")
+
+    def __init__(self, origin: Origin, settings: UpstreamSettings, raw: bytes, on_head: HeadCallback | None,
+                 keep_pieces: bool) -> None:
+        self.origin = origin
+        self.settings = settings
+        self.raw = raw
+        self.on_head = on_head
+        self.keep_pieces = keep_pieces
+        self.conn: Connection | None = None
+        self.head: asyncio.Future[ResponseHead] | None = None
+        self.reused = False
+
+    def start(self, conn: Connection, reused: bool) -> None:
+        self.conn, self.reused = conn, reused
+        self.head = conn.start(self.raw, self.settings.read_timeout, on_head=self.on_head, keep_pieces=self.keep_pieces)
+
+
 class UpstreamResponse:
     """A response whose head has arrived; its body is streamed or read, then it is released."""
 
@@ -353,35 +375,55 @@ class UpstreamPool:
         self._live: set[Connection] = set()
         self._contexts: dict[UpstreamSettings, ssl.SSLContext] = {}
 
-    async def request(self, settings: UpstreamSettings, method: str, url: str, headers: list[tuple[str, str]],
-                      body: bytes, on_head: HeadCallback | None = None, keep_pieces: bool = False) -> UpstreamResponse:
-        """Sends one request; returns when the response head arrived. Raises UpstreamError.
+    def send(self, settings: UpstreamSettings, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+             on_head: HeadCallback | None = None, keep_pieces: bool = False) -> Exchange:
+        """Builds a request and, when a kept-alive connection is idle, writes it right away, before any
+        await; `response()` then waits for its head. Raises UpstreamError for a URL it cannot serve.
 
         `on_head` is called from the connection's callback the moment the head is parsed; a sink it
         returns gets the body without waiting for the caller's task to wake up."""
         origin, target = Origin.of(url)
-        proxy_plain = settings.proxy is not None and origin.scheme == "http"
-        if proxy_plain:
-            target = f"http://{origin.authority}{target}"
+        if settings.proxy is not None and origin.scheme == "http":
+            target = f"http://{origin.authority}{target}"  # absolute-form through the next proxy
             headers = headers + self._proxy_auth(settings)
-        raw = build_request(method, target, origin.authority, headers, body)
+        exchange = Exchange(origin, settings, build_request(method, target, origin.authority, headers, body),
+                            on_head, keep_pieces)
+        conn = self._idle_connection(origin, settings)
+        if conn is not None:
+            exchange.start(conn, reused=True)
+        return exchange
+
+    async def response(self, exchange: Exchange) -> UpstreamResponse:
+        """The response head of a sent exchange (connecting first if none was idle); a kept-alive connection
+        that turns out closed before any answer is replaced once. Raises UpstreamError."""
         for attempt in (1, 2):
-            conn, reused = await self._acquire(origin, settings)
+            if exchange.conn is None:
+                exchange.start(await self._connect(exchange.origin, exchange.settings), reused=False)
+            conn = exchange.conn
+            assert conn is not None and exchange.head is not None
             try:
-                head = await conn.start(raw, settings.read_timeout, on_head=on_head, keep_pieces=keep_pieces)
+                head = await exchange.head
             except UpstreamError as e:
-                conn.close()
-                self._live.discard(conn)
-                if reused and attempt == 1 and getattr(e, "retryable", False):
+                self._drop(conn)
+                if exchange.reused and attempt == 1 and getattr(e, "retryable", False):
                     log.debug("a kept-alive upstream connection was closed under us; retrying on a new one")
+                    exchange.conn = None
                     continue
                 raise
             except BaseException:
-                conn.close()
-                self._live.discard(conn)
+                self._drop(conn)
                 raise
             return UpstreamResponse(self, conn, head)
         raise AssertionError("unreachable")
+
+    async def request(self, settings: UpstreamSettings, method: str, url: str, headers: list[tuple[str, str]],
+                      body: bytes, on_head: HeadCallback | None = None, keep_pieces: bool = False) -> UpstreamResponse:
+        """send() and response() in one call."""
+        return await self.response(self.send(settings, method, url, headers, body, on_head, keep_pieces))
+
+    def _drop(self, conn: Connection) -> None:
+        conn.close()
+        self._live.discard(conn)
 
     def release(self, conn: Connection) -> None:
         if not conn.reusable:
@@ -405,20 +447,23 @@ class UpstreamPool:
 
     # -- connections --------------------------------------------------------------------------
 
-    async def _acquire(self, origin: Origin, settings: UpstreamSettings) -> tuple[Connection, bool]:
-        loop = asyncio.get_running_loop()
-        key = (origin, settings)
-        idle = self._idle.get(key)
-        now = loop.time()
+    def _idle_connection(self, origin: Origin, settings: UpstreamSettings) -> Connection | None:
+        idle = self._idle.get((origin, settings))
+        if not idle:
+            return None
+        now = idle[-1].loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.idle_expiry:
-                return conn, True
-            conn.close()
-            self._live.discard(conn)
-        conn = Connection(loop, key)
+                return conn
+            self._drop(conn)
+        return None
+
+    async def _connect(self, origin: Origin, settings: UpstreamSettings) -> Connection:
+        loop = asyncio.get_running_loop()
+        conn = Connection(loop, (origin, settings))
         try:
-            await asyncio.wait_for(self._connect(loop, conn, origin, settings), settings.connect_timeout)
+            await asyncio.wait_for(self._open(loop, conn, origin, settings), settings.connect_timeout)
         except TimeoutError:
             conn.close()
             raise UpstreamTimeout(f"could not connect to {origin.authority} in {settings.connect_timeout:g} s") from None
@@ -429,10 +474,10 @@ class UpstreamPool:
             conn.close()
             raise
         self._live.add(conn)
-        return conn, False
+        return conn
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: Connection, origin: Origin,
-                       settings: UpstreamSettings) -> None:
+    async def _open(self, loop: asyncio.AbstractEventLoop, conn: Connection, origin: Origin,
+                    settings: UpstreamSettings) -> None:
         tls = self._context(settings) if origin.scheme == "https" else None
         if settings.proxy is None:
             await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=tls,
