@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -23,11 +25,27 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data if data is not None and len(data) == n else None
 
 
+def _input_waiting(stream: BinaryIO) -> bool:
+    """More bytes on the pipe right now (bytes the reader already buffered count as none: one flush more)."""
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
 def serve(stream: BinaryIO) -> None:
-    """Processes messages until EOF; each open session is closed (not marked complete) at the end."""
+    """Processes messages until EOF; each open session is closed (not marked complete) at the end.
+
+    Recordings are flushed whenever the input runs dry (not after every event): a burst costs one
+    flush, and nothing the proxy sent stays unwritten once the worker is idle."""
     sessions: dict[int, SessionRecorder] = {}
     redactors: dict[tuple[str, ...], Redactor] = {}
+    dirty: set[SessionRecorder] = set()
     while True:
+        if dirty and not _input_waiting(stream):
+            for recorder in dirty:
+                recorder.flush()
+            dirty.clear()
         header = _read_exactly(stream, _HEADER.size)
         if header is None:
             break
@@ -44,6 +62,7 @@ def serve(stream: BinaryIO) -> None:
                 directory, mode, upstream, HttpMessage.model_validate(request), redactor, elide_over, label,
                 path=Path(path), started=dt.datetime.fromisoformat(started),
             )
+            sessions[key].flush_each = False
             continue
         recorder = sessions.get(key)
         if recorder is None:
@@ -52,12 +71,19 @@ def serve(stream: BinaryIO) -> None:
         getattr(recorder, name)(*args[1:])
         if name in ("complete", "discard"):
             del sessions[key]
+            dirty.discard(recorder)
+        elif recorder.dirty:
+            dirty.add(recorder)
     for recorder in sessions.values():
         recorder.close_file()
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop only at EOF, after the last event is written
+    try:
+        os.nice(10)  # live traffic first: on a busy machine the recorder catches up when the proxy idles
+    except OSError:
+        pass
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] codexbridge recorder: %(message)s", stream=sys.stderr)
     serve(sys.stdin.buffer)
 

@@ -49,6 +49,8 @@ class SessionRecorder:
         self.fixed_t: float | None = None  # set by the recording worker: the time the proxy saw the event
         self._file: Any = None
         self.failed = False
+        self.flush_each = True  # the worker turns this off and calls flush() when its input runs dry
+        self.dirty = False
         self._tail = ""
         self._chunks_clean = False  # the upstream reads of the current response held nothing to redact
         started = started or dt.datetime.now(dt.UTC)
@@ -202,9 +204,21 @@ class SessionRecorder:
     def _write(self, line: str) -> None:
         try:
             self._file.write(line)
-            self._file.flush()
+            if self.flush_each:
+                self._file.flush()
+            else:
+                self.dirty = True
         except (OSError, ValueError) as e:
             self._fail(e)
+
+    def flush(self) -> None:
+        """Writes out what is buffered (the worker calls this whenever its input runs dry)."""
+        self.dirty = False
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except (OSError, ValueError) as e:
+                self._fail(e)
 
     def _fail(self, error: Exception) -> None:
         if not self.failed:
