@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -71,19 +72,20 @@ class RecordingSink:
         if self.failed or self._fd < 0:
             return
         data = pickle.dumps(message, protocol=5)
-        frame = _HEADER.pack(len(data)) + data
+        header = _HEADER.pack(len(data))
         if self._backlog:
-            self._queue(memoryview(frame))
+            self._queue(memoryview(header + data))
             return
         try:
-            written = os.write(self._fd, frame)
+            written = os.writev(self._fd, (header, data))  # no copy to join them
         except BlockingIOError:
             written = 0
         except OSError as e:
             self._fail(f"the recording worker is gone ({e})")
             return
-        if written < len(frame):
-            self._queue(memoryview(frame)[written:])
+        if written < len(header) + len(data):
+            rest = memoryview(header + data)[written:] if written < len(header) else memoryview(data)[written - len(header):]
+            self._queue(rest)
 
     def _queue(self, rest: memoryview) -> None:
         self._backlog.append(rest)
@@ -162,13 +164,14 @@ class RecordingSink:
 class RemoteRecorder:
     """The proxy-side stand-in for one session's recorder: same calls, carried out by the worker."""
 
-    __slots__ = ("_sink", "_key", "path", "_t0")
+    __slots__ = ("_sink", "_key", "path", "_t0", "_relayed_next")
 
     def __init__(self, sink: RecordingSink, key: int, path: Path) -> None:
         self._sink = sink
         self._key = key
         self.path = path
         self._t0 = time.monotonic()
+        self._relayed_next = False
 
     def _send(self, name: str, *args: Any) -> None:
         self._sink.send((self._key, name, (round(time.monotonic() - self._t0, 6), *args)))
@@ -176,8 +179,19 @@ class RemoteRecorder:
     def client_frame(self, data: bytes | str) -> None:
         self._send("client_frame", data)
 
+    def relayed_next(self) -> None:
+        """The next non-synthetic to_client() carries exactly the events of the upstream reads recorded since
+        the previous one: the worker, which decodes those reads too, needs no copy of them."""
+        self._relayed_next = True
+
     def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
-        self._send("to_client", frames, synthetic)
+        if self._relayed_next and not synthetic:
+            self._relayed_next = False
+            self._send("to_client_relayed")
+        elif len(frames) > 8:  # one bytes object and their lengths pickle far faster than many small ones
+            self._send("to_client_packed", b"".join(frames), array("I", map(len, frames)).tobytes(), synthetic)
+        else:
+            self._send("to_client", frames, synthetic)
 
     def server_frame(self, data: bytes | str) -> None:
         self._send("server_frame", data)
@@ -186,6 +200,7 @@ class RemoteRecorder:
         self._send("upstream_request", method, url, [(str(n), str(v)) for n, v in headers], body)
 
     def upstream_response(self, status: int, headers: Any) -> None:
+        self._relayed_next = False
         self._send("upstream_response", status, [(str(n), str(v)) for n, v in headers])
 
     def upstream_chunk(self, data: bytes) -> None:

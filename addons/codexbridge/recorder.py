@@ -8,11 +8,13 @@ import logging
 import os
 import re
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .recording import REDACTED, Header, HttpMessage, Redactor, dumps_line, elide_text
+from .sse import SseDecoder
 
 log = logging.getLogger("codexbridge.recorder")
 
@@ -53,6 +55,8 @@ class SessionRecorder:
         self.dirty = False
         self._tail = ""
         self._chunks_clean = False  # the upstream reads of the current response held nothing to redact
+        self._sse = SseDecoder()  # the current response's events, for to_client_relayed()
+        self._relayed: list[bytes] = []  # events of the reads since the last relayed batch
         started = started or dt.datetime.now(dt.UTC)
         self.path = path or recording_path(directory, mode, label, started)
         header = Header(
@@ -105,12 +109,28 @@ class SessionRecorder:
         self._event({"kind": "client_frame", "t": self._t(), **self._payload(data)})
 
     def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
+        if not synthetic:
+            self._relayed = []  # a relayed batch sent as it is: the decoded events are this batch
         texts = [f.decode("utf-8", "replace") for f in frames]
         # relayed frames are the events of the chunks just recorded: scanned already if those were clean
         scanned = not synthetic and self._chunks_clean
         if self.elide_over or not (scanned or self._clean("\n".join(texts))):
             texts = [self.text(t) for t in texts]
         self._event({"kind": "to_client", "t": self._t(), "frames": texts, "synthetic": synthetic})
+
+    def to_client_relayed(self) -> None:
+        """The frames the client just got are the events of the upstream reads recorded since the last
+        batch, unchanged (the proxy then sends no copy of them)."""
+        frames, self._relayed = self._relayed, []
+        self.to_client(frames, False)
+
+    def to_client_packed(self, joined: bytes, lengths: bytes, synthetic: bool = False) -> None:
+        """to_client() for frames sent as one bytes object and their lengths (array 'I')."""
+        frames, pos = [], 0
+        for n in array("I", lengths):
+            frames.append(joined[pos:pos + n])
+            pos += n
+        self.to_client(frames, synthetic)
 
     def _clean(self, value: str) -> bool:
         """True when no built-in pattern can match (and no extra pattern is configured)."""
@@ -126,9 +146,12 @@ class SessionRecorder:
     def upstream_response(self, status: int, headers: Any) -> None:
         self._tail = ""
         self._chunks_clean = True
+        self._sse = SseDecoder()
+        self._relayed = []
         self._event({"kind": "upstream_response", "t": self._t(), "status": status, "headers": self.headers(headers)})
 
     def upstream_chunk(self, data: bytes) -> None:
+        self._relayed.extend(event.data for event in self._sse.feed(data))
         try:
             raw = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -150,6 +173,7 @@ class SessionRecorder:
 
     def upstream_end(self, error: str | None = None) -> None:
         self._chunks_clean = False
+        self._relayed = []
         self._event({"kind": "upstream_end", "t": self._t(), "error": self.text(error) if error else None})
 
     def ping(self, payload: bytes) -> None:

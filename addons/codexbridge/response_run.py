@@ -163,8 +163,10 @@ class ResponseRun:
         batch: list[bytes] = []
         parse: list[bytes] = []  # events the history rules must read: after the batch went out
         needs_parse = _NEEDS_PARSE.search
+        verbatim = prefix is None  # every event goes out as the upstream sent it
         for name, data in self._decoder.feed(chunk):
             if name and not data.startswith(b'{"type"'):
+                verbatim = False
                 typed = _typed(name, data)
                 if typed is None:
                     continue
@@ -173,6 +175,8 @@ class ResponseRun:
             elif needs_parse(data):
                 parse.append(data)
             batch.append(data if prefix is None else tag(data, prefix))
+        if rec is not None and verbatim and batch:
+            rec.relayed_next()
         sent = bool(batch) and self._down.emit(batch, False)
         for data in parse:
             try:
