@@ -992,7 +992,8 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                 client.close()
 
         def ours() -> list[int]:
-            return [bench_pid] + [c.proc.pid for c in children if c.proc.poll() is None]
+            live = [c.proc.pid for c in children if c.proc.poll() is None]
+            return [bench_pid, *live, *(kid for pid in live for kid in child_pids(pid))]  # + recording workers
 
         quiet = Quiet(p.quiet_budget_s, ours)
 
@@ -1065,6 +1066,9 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                 children.remove(idle_mitm)
             for cfg in group_cfgs:
                 await runner.warm(cfg, port)
+                if group == "d" and mitm is not None:
+                    for kid in child_pids(mitm.proc.pid):  # the recording worker: its CPU is part of d's cost
+                        pids["recorder"] = kid
                 for workload in ("burst", "first"):
                     if workload in p.workloads:
                         with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
