@@ -154,6 +154,8 @@ def test_sse_framing_variants_yield_identical_events(bridge: Mitmdump, directive
         async with connect(bridge) as ws:
             plain = await turn(ws, create("[[deltas:5]] x"))
             varied = await turn(ws, create(f"[[deltas:5]] {directives} x"))
+            after = await turn(ws, create("[[deltas:5]] x"))  # nothing of the varied stream may trail into it
+            assert after == plain or [e["type"] for e in after] == [e["type"] for e in plain]
             return plain, varied
 
     plain, varied = run(go())
@@ -494,3 +496,58 @@ def test_message_hook_lets_another_addon_change_or_drop_client_frames(hook: bool
         assert models == ["rewritten-by-addon"], "the dropped frame must not be bridged, the other one rewritten"
     else:
         assert models == ["drop-me", "gpt-5.5"], "without the hook pass no addon sees bridged client frames"
+
+
+def test_next_create_right_after_the_terminal_event_while_the_body_still_ends(tmp_path: Path) -> None:
+    """Codex sends its next response.create as soon as it reads response.completed; an upstream may still be
+    ending that body (a trailing [DONE], the chunked terminator late). The lane is free at the terminal event,
+    and the completed response can already be continued."""
+    port = free_port()
+    bodies: list[dict[str, Any]] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                bodies.append(json.loads(await reader.readexactly(length)))
+                rid = f"resp_{len(bodies)}"
+                item = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": rid}]}
+                events = [{"type": "response.created", "response": {"id": rid}},
+                          {"type": "response.output_item.done", "item": item},
+                          {"type": "response.completed", "response": {"id": rid, "output": [item]}}]
+                body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n" % len(body) + body + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(1.5)  # the body ends long after its terminal event
+                writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    proxy = start_mitmdump(tmp_path, f"http://127.0.0.1:{port}")
+
+    async def go() -> None:
+        server = await asyncio.start_server(upstream, "127.0.0.1", port)
+        try:
+            async with connect(proxy) as ws:
+                first = await turn(ws, create("one"))
+                assert first[-1]["type"] == "response.completed"
+                started = time.monotonic()
+                second = await turn(ws, create("two", previous=first[-1]["response"]["id"]))
+                assert [e["type"] for e in second] == ["response.created", "response.output_item.done",
+                                                       "response.completed"], second
+                assert time.monotonic() - started < 1.0, "the second create waited for the first body to end"
+                third = await turn(ws, create("three"))  # nothing ([DONE] included) trails into later turns
+                assert third[0]["type"] == "response.created"
+        finally:
+            server.close()
+
+    try:
+        run(go())
+    finally:
+        proxy.stop()
+    assert [m["content"][0]["text"] for m in bodies[1]["input"] if m.get("role") in ("user", "assistant")] == [
+        "one", "resp_1", "two"], "the continuation carries the history stored at the terminal event"

@@ -122,7 +122,11 @@ class SessionRecorder:
         """The frames the client just got are the events of the upstream reads recorded since the last
         batch, unchanged (the proxy then sends no copy of them)."""
         frames, self._relayed = self._relayed, []
-        self.to_client(frames, False)
+        if self._chunks_clean and not self.elide_over:
+            # those reads are in the file as they came: the frames are stored by reference, not twice
+            self._event({"kind": "to_client", "t": self._t(), "relayed": len(frames), "synthetic": False})
+        else:
+            self.to_client(frames, False)
 
     def to_client_packed(self, joined: bytes, lengths: bytes, synthetic: bool = False) -> None:
         """to_client() for frames sent as one bytes object and their lengths (array 'I')."""
@@ -167,6 +171,7 @@ class SessionRecorder:
             for m in self.redactor.pattern.finditer(self._tail + raw[:_SPAN]):
                 if m.start() < len(self._tail) < m.end():
                     text = REDACTED + self.text(raw[m.end() - len(self._tail):])
+                    self._chunks_clean = False  # this read is no longer in the file as it came
                     break
         self._tail = raw[-128:]
         self._event({"kind": "upstream_chunk", "t": self._t(), "text": text})

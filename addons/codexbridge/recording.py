@@ -8,6 +8,7 @@ idempotent, so replay applies them to live traffic and compares exactly.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .sse import SseDecoder
 
 FORMAT = "codexbridge-recording"
 FORMAT_VERSION = 1
@@ -56,12 +59,17 @@ class ClientFrame(_Model):
 
 
 class ToClient(_Model):
-    """Text frames sent to the client in one write; `synthetic` when the proxy made them itself."""
+    """Text frames sent to the client in one write; `synthetic` when the proxy made them itself.
+
+    In the file, a relayed batch whose frames are, byte for byte, the events of the upstream reads
+    recorded since the previous batch may be written as their count (`relayed`) instead of a copy;
+    parse_lines fills `frames` back in from those reads."""
 
     kind: Literal["to_client"] = "to_client"
     t: float
-    frames: list[str]
+    frames: list[str] = Field(default_factory=list)
     synthetic: bool = False
+    relayed: int | None = None
 
 
 class UpstreamRequest(_Model):
@@ -233,7 +241,29 @@ def parse_lines(lines: Iterable[str]) -> Recording:
             events.append(EVENT_ADAPTER.validate_json(line))
         except ValueError:
             pending = line
+    _fill_relayed(events)
     return Recording(header=header, events=events)
+
+
+def chunk_bytes(event: UpstreamChunk) -> bytes:
+    return event.text.encode() if event.text is not None else base64.b64decode(event.b64 or "")
+
+
+def _fill_relayed(events: list[Any]) -> None:
+    """Frames written as a count are the events of the reads recorded since the previous batch."""
+    decoder = SseDecoder()
+    pending: list[str] = []
+    for event in events:
+        if isinstance(event, UpstreamResponse):
+            decoder, pending = SseDecoder(), []
+        elif isinstance(event, UpstreamChunk):
+            pending.extend(e.data.decode("utf-8", "replace") for e in decoder.feed(chunk_bytes(event)))
+        elif isinstance(event, ToClient) and not event.synthetic:
+            if event.relayed is not None:
+                if len(pending) != event.relayed:
+                    raise ValueError(f"a relayed batch of {event.relayed} frames follows reads of {len(pending)} events")
+                event.frames = pending
+            pending = []
 
 
 def load(path: str) -> Recording:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from .recording import (
     UpstreamChunk,
     UpstreamRequest,
     UpstreamResponse,
+    chunk_bytes,
     elide_text,
 )
 
@@ -41,10 +41,6 @@ class Turn:
 
     client: ClientFrame | None
     frames: list[tuple[float, str, bool]] = field(default_factory=list)  # (t, text, synthetic)
-
-
-def chunk_bytes(event: UpstreamChunk) -> bytes:
-    return event.text.encode() if event.text is not None else base64.b64decode(event.b64 or "")
 
 
 def exchanges(recording: Recording) -> list[Exchange]:

@@ -64,6 +64,8 @@ class ResponseRun:
         self._prefix = stream_prefix(lane) if lane is not None else None
         self._decoder = SseDecoder()
         self._conn: Connection | None = None  # the upstream connection, once its response head is in
+        self.on_terminal: Callable[[], None] | None = None  # called once, right after the terminal event went out
+        self.settled = False  # set by the session once the response is stored and its lane freed
         self._exchange: Exchange | None = None
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
@@ -123,10 +125,12 @@ class ResponseRun:
                 await response.stream(self._on_body)
         except UpstreamTimeout:
             failure = "timeout mid-stream"
-            await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
+            if self.tracker.terminal is None:  # after the terminal event the client has its answer
+                await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
         except UpstreamError as e:
             failure = f"stream broke: {e}"
-            await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
+            if self.tracker.terminal is None:
+                await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
         except asyncio.CancelledError:
             failure = "cancelled"
             raise
@@ -165,6 +169,9 @@ class ResponseRun:
         needs_parse = _NEEDS_PARSE.search
         verbatim = prefix is None  # every event goes out as the upstream sent it
         for name, data in self._decoder.feed(chunk):
+            if data[:1] == b"[" and data.strip() == b"[DONE]":
+                verbatim = False  # the end-of-stream sentinel of some gateways: not an event
+                continue
             if name and not data.startswith(b'{"type"'):
                 verbatim = False
                 typed = _typed(name, data)
@@ -178,11 +185,14 @@ class ResponseRun:
         if rec is not None and verbatim and batch:
             rec.relayed_next()
         sent = bool(batch) and self._down.emit(batch, False)
+        terminal = tracker.terminal
         for data in parse:
             try:
                 tracker.observe(json.loads(data), len(data))
             except ValueError:
                 pass
+        if terminal is None and tracker.terminal is not None and self.on_terminal is not None:
+            self.on_terminal()
         if sent and self._draining is None and self._down.congested():
             assert self._conn is not None
             self._conn.pause()

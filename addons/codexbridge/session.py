@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import steering
@@ -205,6 +206,7 @@ class BridgeSession:
     def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
         run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
                           self.request_headers, self.downstream, self.recorder)
+        run.on_terminal = partial(self._settle, run, lane)
         lane.active = run
         first = not self.runs
         self.runs.add(run)
@@ -225,9 +227,8 @@ class BridgeSession:
         finally:
             self.stats.responses += 1
             self.runs.discard(run)
-            lane.active = None
             try:
-                await self._finished(run, lane)
+                self._settle(run, lane)
             finally:
                 if not self.runs:
                     self.channel.response_state(False)
@@ -237,8 +238,15 @@ class BridgeSession:
                 else:
                     self._schedule(lane)
 
-    async def _finished(self, run: ResponseRun, lane: Lane) -> None:
-        """Stores a completed response, applies the same-lane eviction rule, and settles steering."""
+    def _settle(self, run: ResponseRun, lane: Lane) -> None:
+        """Once per response, at its terminal event (the client may send its next create right after it, even
+        while the upstream body is still ending) or at its end: stores a completed response, applies the
+        same-lane eviction rule, settles steering, and frees the lane."""
+        if run.settled:
+            return
+        run.settled = True
+        if lane.active is run:
+            lane.active = None
         tracker = run.tracker
         parent = run.prepared.previous_response_id
         if tracker.terminal == "response.completed" and tracker.response_id:
@@ -247,7 +255,9 @@ class BridgeSession:
         elif parent and run.failed_status and self.conversation.lane_of(parent) == lane.stream_id:
             self.conversation.forget(parent)  # a same-lane continuation that errored evicts its parent
         if run.steers and not self.client_gone:
-            await self._settle_steers(run, lane)
+            self._settle_steers(run, lane)
+        if not self.client_gone and run.task is not None and not run.task.done():
+            self._schedule(lane)  # the lane's next create need not wait for the end of this body
 
     # -- response.steer ---------------------------------------------------------------------
 
@@ -273,19 +283,19 @@ class BridgeSession:
         log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
         return [steering.accepted(steer, run.tracker.last_sequence + 1)]
 
-    async def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
+    def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
         tracker = run.tracker
         seq = tracker.last_sequence + 1
         if tracker.terminal != "response.completed" or not tracker.response_id:
-            await self._send([steering.failed("response_not_active", "The steered response did not complete.",
-                                              s.target, s.raw_input, seq, s.id, s.lane) for s in run.steers], True)
+            self._emit([steering.failed("response_not_active", "The steered response did not complete.",
+                                        s.target, s.raw_input, seq, s.id, s.lane) for s in run.steers], True)
             return
         stubs = steering.required_input(tracker.output_items)
         if stubs:
             # the response waits for client-owned results: the input waits for the client's continuation
             held = self.pending_steers.setdefault(tracker.response_id, PendingSteers(tracker.response_id, lane.stream_id))
             held.steers.extend(run.steers)
-            await self._send([steering.pending(s, stubs, seq) for s in run.steers], True)
+            self._emit([steering.pending(s, stubs, seq) for s in run.steers], True)
             return
         # an automatic successor: the same settings, the full history, the queued input in order
         body = {k: v for k, v in run.prepared.body.items()}
