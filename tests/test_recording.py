@@ -70,3 +70,20 @@ def test_elision_does_not_take_the_text_between_two_strings_for_a_string() -> No
     out = elide_text(chunk, 40)
     assert out.startswith('data: {"type":"response.created","response":{"output":[]}}\n\nevent: response.in_progress\n')
     assert '"x":"<elided 60 chars sha256:' in out
+
+
+def test_relayed_batches_written_as_a_count_are_filled_in_from_the_reads() -> None:
+    header = ('{"format":"codexbridge-recording","version":1,"tool_version":"0","mode":"bridge","upstream":"u",'
+              '"started_at":"2026-01-01T00:00:00+00:00","request":{"method":"GET","url":"u","headers":[]}}')
+    lines = [header,
+             '{"kind":"upstream_response","t":0.1,"status":200,"headers":[]}',
+             '{"kind":"upstream_chunk","t":0.2,"text":"data: {\\"type\\":\\"a\\"}\\n\\nevent: x\\ndata: {\\"type\\":\\"b\\""}',
+             '{"kind":"to_client","t":0.2,"relayed":1,"synthetic":false}',
+             '{"kind":"upstream_chunk","t":0.3,"text":"}\\n\\n"}',
+             '{"kind":"to_client","t":0.3,"frames":["{\\"type\\":\\"error\\"}"],"synthetic":true}',
+             '{"kind":"to_client","t":0.3,"relayed":1,"synthetic":false}']
+    events = parse_lines(lines).events
+    assert [e.frames for e in events if e.kind == "to_client"] == [
+        ['{"type":"a"}'], ['{"type":"error"}'], ['{"type":"b"}']]
+    with pytest.raises(ValueError, match="relayed batch of 2 frames"):
+        parse_lines([*lines[:3], '{"kind":"to_client","t":0.2,"relayed":2,"synthetic":false}'])
