@@ -335,21 +335,11 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if channel is None or not channel.direct or self.plan.message_hook or self.client_gone:
             self._reader_tried = True
             return
-        io = channel.connection_io()
-        reader = io.reader if io is not None else None
-        transport = getattr(io.writer, "transport", None) if io is not None else None
-        inner = transport.get_protocol() if transport is not None else None
-        pending = getattr(reader, "_buffer", None)
-        if not isinstance(inner, asyncio.StreamReaderProtocol) or not hasattr(transport, "set_protocol") or pending is None:
+        installed = self._install_reader(channel, None, self.client_ws, self.direct_data)
+        if installed is not False:  # False: mitmproxy still holds bytes or half a frame; try after its next read
             self._reader_tried = True
-            return
-        if pending:
-            return  # mitmproxy's reader task has bytes to deliver first: try again after them
-        if not _wsproto_idle(self.client_ws):
-            return  # a frame is half read: wait for a frame boundary
-        self._reader_tried = True
-        self._fast = wsread.FastReader(self.hooks.max_frame_bytes if self.hooks is not None else 0)
-        transport.set_protocol(DirectReader(self, inner, channel, self.direct_data))
+        if installed:  # nothing can be delivered before this line: the reader's callback runs on a later turn
+            self._fast = wsread.FastReader(self.hooks.max_frame_bytes if self.hooks is not None else 0)
 
     def _take_over_server_reading(self) -> None:
         """Passthrough with plain connections both ways, no extension and no message hook: later server
@@ -366,21 +356,30 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             self._server_reader_tried = True
             return
         channel.layer = self
-        io = channel.connection_io(self.context.server)
+        installed = self._install_reader(channel, self.context.server, self.server_ws, self.direct_server_data)
+        if installed is not False:
+            self._server_reader_tried = True
+        if not installed:
+            return
+        self._fast_server = wsread.FastReader(masked=False)
+        log.debug("stage=direct_relay client=%s: server frames are forwarded from the socket callback",
+                  self.context.client.peername)
+
+    def _install_reader(self, channel: MitmChannel, connection: Any, ws: wsproto.Connection, deliver: Any) -> bool | None:
+        """Puts a DirectReader on a connection's transport at a frame boundary: True when done, False when
+        mitmproxy still holds bytes or half a frame (try after its next read), None when this connection
+        cannot be read directly."""
+        io = channel.connection_io(connection)
         reader = io.reader if io is not None else None
         transport = getattr(io.writer, "transport", None) if io is not None else None
         inner = transport.get_protocol() if transport is not None else None
         pending = getattr(reader, "_buffer", None)
         if not isinstance(inner, asyncio.StreamReaderProtocol) or not hasattr(transport, "set_protocol") or pending is None:
-            self._server_reader_tried = True
-            return
-        if pending or not _wsproto_idle(self.server_ws):
-            return  # bytes or half a frame still on mitmproxy's side: try after the next read
-        self._server_reader_tried = True
-        self._fast_server = wsread.FastReader(masked=False)
-        transport.set_protocol(DirectReader(self, inner, channel, self.direct_server_data))
-        log.debug("stage=direct_relay client=%s: server frames are forwarded from the socket callback",
-                  self.context.client.peername)
+            return None
+        if pending or not _wsproto_idle(ws):
+            return False
+        transport.set_protocol(DirectReader(self, inner, channel, deliver))
+        return True
 
     def direct_server_data(self, data: bytes, channel: MitmChannel) -> None:
         """Server bytes from a DirectReader (passthrough): common frames go to the client as they came;
