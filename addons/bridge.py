@@ -1,5 +1,5 @@
 """mitmdump -s entry script: the Codex Responses WebSocket bridge."""
 
-from codexbridge.addon import CodexBridge
+from codexbridge.addons.bridge import CodexBridge
 
 addons = [CodexBridge()]

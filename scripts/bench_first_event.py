@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from codexbridge.bench import SseClient, WsClient, free_port
+from codexbridge.tools.bench import SseClient, WsClient, free_port
 
 RELAY = textwrap.dedent('''
     import asyncio, sys
@@ -87,7 +87,7 @@ async def main(turns: int, rounds: int) -> None:
     bin_dir = Path(sys.executable).parent
     up, relay, bridge = free_port(), free_port(), free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "codexbridge.bench_servers", "--port", str(up)],
+        subprocess.Popen([sys.executable, "-m", "codexbridge.tools.bench_servers", "--port", str(up)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, "-c", RELAY, str(up), str(relay)], stderr=subprocess.DEVNULL),
         subprocess.Popen([str(bin_dir / "mitmdump"), "--mode", f"reverse:http://127.0.0.1:{up}", "--listen-host",

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Scale-out measurement (not a test): direct vs one bridge worker vs nginx + 1 and + 2 workers, one run.
 
-Uses the lean clients and the loopback upstream of `codexbridge bench` (codexbridge.bench, bench_servers):
+Uses the lean clients and the loopback upstream of `codexbridge bench` (codexbridge.tools.bench, bench_servers):
   a  direct      the client talks POST + SSE to the upstream (the bridge's own baseline, bench's a_sse)
   d  1 worker    WebSocket to one mitmdump -s bridge.py, no nginx
-  b  nginx + 1   WebSocket to nginx (codexbridge.cluster config) in front of one worker
+  b  nginx + 1   WebSocket to nginx (codexbridge.tools.cluster config) in front of one worker
   c  nginx + 2   the same with two workers (least_conn)
 Workloads: paced (S sessions × 100 deltas 20 ms apart, started together: completion p50/p99), run twice on
 the same processes: "cold" right after start, "warm" once the worker's upstream pool holds the S keep-alive
@@ -30,9 +30,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from codexbridge.bench import (BenchError, Quiet, SseClient, WsClient, busy_seconds, cpu_seconds, free_port, machine_info,
-                               median, pct, raise_nofile, start_child)
-from codexbridge.cluster import Cluster, child_pids, mitmdump_command
+from codexbridge.tools.bench import (
+    BenchError,
+    Quiet,
+    SseClient,
+    WsClient,
+    busy_seconds,
+    cpu_seconds,
+    free_port,
+    machine_info,
+    median,
+    pct,
+    raise_nofile,
+    start_child,
+)
+from codexbridge.tools.cluster import Cluster, child_pids, mitmdump_command
 
 CONFIGS = {"a": "a direct (SSE)", "d": "d 1 worker, no nginx", "b": "b nginx + 1 worker", "c": "c nginx + 2 workers"}
 
@@ -147,7 +159,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="codexbridge-scaleout-"))
     up_port = free_port()
-    upstream = await start_child("upstream", [sys.executable, "-m", "codexbridge.bench_servers", "--host", "127.0.0.1",
+    upstream = await start_child("upstream", [sys.executable, "-m", "codexbridge.tools.bench_servers", "--host", "127.0.0.1",
                                               "--port", str(up_port)], up_port, work)
     url = f"http://127.0.0.1:{up_port}"
     results: dict[str, Any] = {k: {} for k in args.only}
@@ -197,7 +209,7 @@ def tables(results: dict[str, Any], args: argparse.Namespace) -> str:
             cells.append(f.format(v) + ratio)
         rows.append(f"| {CONFIGS[key]} | " + " | ".join(cells) + f" | {r['lost']} |")
     rows += ["", "CPU, % of one core (2 cores = 200 %), averaged over the rounds:", "",
-             "| configuration | paced, cold | paced, warm | burst×%d |" % args.parallel, "|---|---|---|---|"]
+             f"| configuration | paced, cold | paced, warm | burst×{args.parallel} |", "|---|---|---|---|"]
     for key, r in results.items():
         cells = []
         for w in WINDOWS:

@@ -5,14 +5,9 @@ Run: .venv/bin/python scripts/record_fixtures.py   (needs ./scripts/setup.sh --t
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

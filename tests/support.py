@@ -120,7 +120,7 @@ def start_upstream(tmp: Path, *flags: str) -> Upstream:
     """The mock upstream; flags such as --websocket (it then speaks the WebSocket mode too) or --tls-cert."""
     port = free_port()
     p = start_process(
-        [str(BIN / "python"), "-m", "codexbridge.mock_upstream", "--host", "127.0.0.1", "--port", str(port), *flags],
+        [str(BIN / "python"), "-m", "codexbridge.tools.demo_upstream", "--host", "127.0.0.1", "--port", str(port), *flags],
         port,
         tmp / f"upstream-{port}.log",
     )

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from support import wait_for, Mitmdump, Upstream, free_port, start_mitmdump
+from support import Mitmdump, Upstream, free_port, start_mitmdump, wait_for
 
 TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 
@@ -452,7 +452,7 @@ def test_session_is_an_ordinary_flow_in_flow_files(module_tmp: Path, upstream: U
 
 REWRITER = '''
 import json
-from codexbridge.addon import CodexBridge
+from codexbridge.addons.bridge import CodexBridge
 
 
 class Rewriter:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import websockets
 
-from codexbridge.cluster import Cluster, render_nginx_config
+from codexbridge.tools.cluster import Cluster, render_nginx_config
 from support import free_port, need, nginx_binary, start_upstream
 
 pytestmark = pytest.mark.nginx

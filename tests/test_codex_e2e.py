@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from appserver import run_thread
-from codexbridge.replay import canonical
+from codexbridge.replay.rules import canonical
 from support import Codex, Mitmdump, Upstream
 
 pytestmark = pytest.mark.codex

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from codexbridge.recording import load
+from codexbridge.recording.schema import load
 from support import BIN, ROOT, Codex, free_port, quiet_codex_config, start_mitmdump, start_process, start_upstream
 
 pytestmark = pytest.mark.codex

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codexbridge.conversation import (
+from codexbridge.responses.conversation import (
     ClientFrameError,
     Conversation,
     ResponseTracker,

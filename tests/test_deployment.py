@@ -43,8 +43,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mitmproxy import http as mhttp
 from mitmproxy import io as mio
 
-from support import (BIN, ROOT, Codex, Process, Upstream, free_port, need, quiet_codex_config, start_mitmdump,
-                     start_nginx, start_process, start_upstream)
+from support import (
+    BIN,
+    ROOT,
+    Codex,
+    Process,
+    Upstream,
+    free_port,
+    need,
+    quiet_codex_config,
+    start_mitmdump,
+    start_nginx,
+    start_process,
+    start_upstream,
+)
 
 pytestmark = pytest.mark.codex
 
@@ -68,7 +80,7 @@ class Certs:
 def make_certs(where: Path, names: tuple[str, ...] = ("localhost", OPENAI_HOST),
                ips: tuple[str, ...] = ("127.0.0.1",)) -> Certs:
     """A throwaway CA and one server certificate it signed, for `names` and `ips`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=7))
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codexbridge test CA")])
@@ -443,7 +455,7 @@ def test_transparent_mode_for_an_unmodified_codex(topology: str, tmp_path: Path,
     need("iptables (apt-get install iptables)", IPTABLES is not None)
     need("setpriv (util-linux)", SETPRIV is not None)
     ns = make_netns(stack, topology)
-    mock = start_in_netns(ns.gateway, [str(BIN / "python"), "-m", "codexbridge.mock_upstream", "--host", OPENAI_IP,
+    mock = start_in_netns(ns.gateway, [str(BIN / "python"), "-m", "codexbridge.tools.demo_upstream", "--host", OPENAI_IP,
                                        "--port", "443", "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)],
                           tmp_path / "mock.log", "listening on")
     stack.callback(mock.stop)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codexbridge.http1 import ProtocolError, ResponseParser, build_request
+from codexbridge.wire.http1 import ProtocolError, ResponseParser, build_request
 
 
 def feed_in_pieces(raw: bytes, cuts: list[int], eof: bool = False) -> tuple[ResponseParser, bytes]:

@@ -11,9 +11,20 @@ from typing import Any
 
 import pytest
 
-from codexbridge.recording import (
-    ClientFrame, Close, Complete, Header, HttpMessage, Ping, Pong, Recording, ToClient, UpstreamChunk, UpstreamEnd,
-    UpstreamRequest, UpstreamResponse,
+from codexbridge.recording.schema import (
+    ClientFrame,
+    Close,
+    Complete,
+    Header,
+    HttpMessage,
+    Ping,
+    Pong,
+    Recording,
+    ToClient,
+    UpstreamChunk,
+    UpstreamEnd,
+    UpstreamRequest,
+    UpstreamResponse,
 )
 
 CLI = str(Path(sys.executable).parent / "codexbridge")

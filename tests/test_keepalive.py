@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codexbridge.keepalive import Action, KeepalivePolicy, KeepaliveState
+from codexbridge.responses.keepalive import Action, KeepalivePolicy, KeepaliveState
 
 
 def state(interval: float = 20, timeout: float = 5, text: float = 0) -> KeepaliveState:

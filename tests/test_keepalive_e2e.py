@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rawws import RawWebSocket
-from support import wait_for, Mitmdump, Upstream, start_mitmdump
+from support import Mitmdump, Upstream, start_mitmdump, wait_for
 
 
 def create(text: str) -> dict[str, Any]:

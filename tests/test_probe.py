@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +14,18 @@ from typing import Any
 
 import pytest
 
-from codexbridge.probe import Upgrade, judge_upgrade, ping_interval_for, timing
-from support import BIN, ROOT, Process, Upstream, free_port, need, nginx_binary, start_mitmdump, start_nginx, start_process, \
-    start_upstream
+from codexbridge.tools.probe import Upgrade, judge_upgrade, ping_interval_for, timing
+from support import (
+    BIN,
+    ROOT,
+    Process,
+    Upstream,
+    free_port,
+    need,
+    start_mitmdump,
+    start_nginx,
+    start_upstream,
+)
 
 PACED = "[[deltas:5]] [[pace_ms:300]] x"  # 5 deltas 300 ms apart: buffering becomes measurable
 MODEL = ("--model", "gpt-5.5", "--key-env", "MOCK_KEY")

@@ -6,8 +6,8 @@ import re
 
 from mitmproxy.test import taddons
 
-from codexbridge.addon import CodexBridge
-from codexbridge.cli import build_parser
+from codexbridge.addons.bridge import CodexBridge
+from codexbridge.tools.cli import build_parser
 from support import ROOT
 
 README = (ROOT / "README.md").read_text()

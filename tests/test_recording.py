@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from codexbridge.recording import REDACTED, Redactor, elide_text, parse_lines
+from codexbridge.recording.schema import REDACTED, Redactor, elide_text, parse_lines
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import websockets
 
-from codexbridge.recording import load
-from support import Mitmdump, Upstream, start_mitmdump
+from codexbridge.recording.schema import load
+from support import Upstream, start_mitmdump
 
 CANARY = "sk-canaryQ7f3Z9xLmW2"
 CANARY_COOKIE = "canarycookieV8k2"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from codexbridge.recording import load
-from codexbridge.replay_client import ClientReplayResult, replay_client, replay_http_client
+from codexbridge.recording.schema import load
+from codexbridge.replay.client import ClientReplayResult, replay_client, replay_http_client
 from support import BIN, ROOT, Process, free_port, start_mitmdump, start_process
 
 RECORDINGS = sorted((ROOT / "recordings").glob("*.jsonl"))

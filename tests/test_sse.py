@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codexbridge.sse import SseDecoder, SseEvent
+from codexbridge.wire.sse import SseDecoder, SseEvent
 
 
 def decode(chunks: list[bytes]) -> list[SseEvent]:
@@ -71,7 +71,7 @@ def stream_and_splits(draw: st.DrawFn) -> tuple[bytes, list[SseEvent], list[int]
 @given(stream_and_splits())
 def test_any_split_yields_same_events(case: tuple[bytes, list[SseEvent], list[int]]) -> None:
     blob, expected, cuts = case
-    chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
+    chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=False)]
     assert decode(chunks) == expected
     assert decode([blob]) == expected
     assert decode([bytes([b]) for b in blob]) == expected
@@ -81,5 +81,5 @@ def test_any_split_yields_same_events(case: tuple[bytes, list[SseEvent], list[in
 @given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=10))
 def test_arbitrary_bytes_split_invariant(blob: bytes, cuts: list[int]) -> None:
     cuts = sorted(c for c in cuts if c <= len(blob))
-    chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
+    chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=False)]
     assert decode(chunks) == decode([blob])

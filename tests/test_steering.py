@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from codexbridge.conversation import ClientFrameError
-from codexbridge.steering import SteerError, check_stream_id, required_input, steer_input, stream_prefix, tag
+from codexbridge.responses.conversation import ClientFrameError
+from codexbridge.responses.steering import SteerError, check_stream_id, required_input, steer_input, stream_prefix, tag
 
 
 @pytest.mark.parametrize("data", [b'{"type":"x","a":1}', b"{}", b"{ }", b'{"type":"e","s":"}"}'])

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from codexbridge.upstream import UpstreamError, UpstreamPool, UpstreamSettings, UpstreamTimeout
+from codexbridge.bridge.upstream import UpstreamError, UpstreamPool, UpstreamSettings, UpstreamTimeout
 from support import BIN, free_port, start_process, start_upstream
+
 
 def run(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     @functools.wraps(fn)

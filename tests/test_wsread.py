@@ -10,7 +10,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from codexbridge.wsread import BINARY, PING, PONG, TEXT, FastReader, pong_frame
+from codexbridge.wire.wsread import BINARY, PING, PONG, TEXT, FastReader, pong_frame
 
 
 def client_frames(*events: wse.Event) -> bytes:

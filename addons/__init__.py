@@ -1,0 +1,1 @@
+"""mitmdump entry scripts (`mitmdump -s addons/NAME.py`), installed with the package as codexbridge.scripts."""

@@ -1,0 +1,255 @@
+"""One response: a streaming POST to the upstream whose SSE events go to the client as frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from codexbridge.bridge.upstream import (
+    Connection,
+    Exchange,
+    Sink,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamSettings,
+    UpstreamTimeout,
+)
+from codexbridge.responses.conversation import PreparedRequest, ResponseTracker
+from codexbridge.responses.events import dumps
+from codexbridge.responses.headers import error_headers
+from codexbridge.responses.steering import Steer, stream_prefix, tag
+from codexbridge.responses.synthetic import error_frame
+from codexbridge.wire.http1 import ResponseHead
+from codexbridge.wire.sse import SseDecoder
+
+if TYPE_CHECKING:
+    from codexbridge.recording.pipe import RemoteRecorder
+
+log = logging.getLogger("codexbridge.bridge.session")
+
+# Events whose content the bridge must read; every other event is forwarded without parsing.
+_NEEDS_PARSE = re.compile(
+    rb"response\.(?:output_item\.done|completed|failed|incomplete|cancelled|created)|\"error\""
+)
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class Downstream:
+    """Where a response's frames go: written at once, with a way to wait for a slow client."""
+
+    def __init__(self, emit: Callable[[list[bytes], bool], bool], congested: Callable[[], bool],
+                 drained: Callable[[], Awaitable[bool]]) -> None:
+        self.emit = emit  # False: the client is gone
+        self.congested = congested
+        self.drained = drained
+
+    async def send(self, frames: list[bytes], synthetic: bool) -> None:
+        if self.emit(frames, synthetic) and self.congested():
+            await self.drained()
+
+
+class ResponseRun:
+    """Streams one upstream response to one lane; knows its id once the upstream names it."""
+
+    def __init__(self, prepared: PreparedRequest, lane: str | None, pool: UpstreamPool, settings: UpstreamSettings,
+                 url: str, headers: list[tuple[str, str]], downstream: Downstream,
+                 recorder: RemoteRecorder | None) -> None:
+        self.prepared = prepared
+        self.lane = lane
+        self.tracker = ResponseTracker(prepared.full_input)
+        self.steers: list[Steer] = []  # accepted steering input, committed by a successor
+        self.failed_status: int | None = None  # status of the error frame this response ended with
+        self.task: asyncio.Task[None] | None = None
+        self._pool = pool
+        self._settings = settings
+        self._url = url
+        self._headers = headers
+        self._down = downstream
+        self._recorder = recorder
+        self._prefix = stream_prefix(lane) if lane is not None else None
+        self._decoder = SseDecoder()
+        self._conn: Connection | None = None  # the upstream connection, once its response head is in
+        self.on_terminal: Callable[[], None] | None = None  # called once, right after the terminal event went out
+        self.settled = False  # set by the session once the response is stored and its lane freed
+        self._exchange: Exchange | None = None
+        self._begin_error: Exception | None = None
+        self._draining: asyncio.Task[None] | None = None
+
+    @property
+    def response_id(self) -> str | None:
+        return self.tracker.response_id
+
+    def tagged(self, frames: list[bytes]) -> list[bytes]:
+        prefix = self._prefix
+        return frames if prefix is None else [tag(f, prefix) for f in frames]
+
+    async def error(self, frame: bytes) -> None:
+        self.failed_status = json.loads(frame).get("status")
+        await self._down.send(self.tagged([frame]), True)
+
+    def begin(self) -> None:
+        """Writes the request at once when a kept-alive upstream connection is idle, so that the
+        upstream starts working before this run's task and bookkeeping do; run() does the rest."""
+        body = dumps(self.prepared.body)
+        if self._recorder is not None:
+            host = self._url.split("/", 3)[2] if "://" in self._url else ""
+            self._recorder.upstream_request("POST", self._url, [("Host", host), *self._headers,
+                                                                ("Content-Length", str(len(body)))], body)
+        try:
+            self._exchange = self._pool.send(self._settings, "POST", self._url, self._headers, body, self._head,
+                                             keep_pieces=self._recorder is not None)
+        except Exception as e:  # noqa: BLE001 - reported by run(), in the response's own task
+            self._begin_error = e
+
+    async def run(self) -> None:
+        if self._exchange is None and self._begin_error is None:
+            self.begin()
+        try:
+            if self._begin_error is not None:
+                raise self._begin_error
+            assert self._exchange is not None
+            response = await self._pool.response(self._exchange)
+        except UpstreamTimeout as e:
+            self._record_end(f"timeout: {e}")
+            await self.error(error_frame(504, "upstream_timeout", f"Upstream did not answer in time: {e}"))
+            return
+        except UpstreamError as e:
+            self._record_end(f"unreachable: {e}")
+            await self.error(error_frame(502, "upstream_unreachable", f"Upstream unreachable: {e}"))
+            return
+        streaming = self._head(response.head, response.connection) is not None
+        ctype = response.head.get("content-type")
+        failure: str | None = None
+        try:
+            if response.status != 200:
+                await self.error(await self._upstream_error(response))
+            elif not streaming:
+                await self.error(error_frame(
+                    502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream."))
+            else:
+                await response.stream(self._on_body)
+        except UpstreamTimeout:
+            failure = "timeout mid-stream"
+            if self.tracker.terminal is None:  # after the terminal event the client has its answer
+                await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
+        except UpstreamError as e:
+            failure = f"stream broke: {e}"
+            if self.tracker.terminal is None:
+                await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
+        except asyncio.CancelledError:
+            failure = "cancelled"
+            raise
+        finally:
+            if self._draining is not None:
+                self._draining.cancel()
+            response.release()
+            self._record_end(failure)
+        if failure is None and streaming and self.tracker.terminal is None:
+            await self.error(error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event."))
+
+    def _head(self, head: ResponseHead, conn: Connection) -> Sink | None:
+        """Records the response head (once); an event stream's body goes straight to the relay."""
+        if self._conn is None:
+            self._conn = conn
+            if self._recorder is not None:
+                self._recorder.upstream_response(head.status, head.headers)
+        if head.status == 200 and "text/event-stream" in head.get("content-type"):
+            return self._on_body
+        return None
+
+    def _on_body(self, chunk: bytes) -> None:
+        """Called for each network read of the event stream, from the upstream connection's callback."""
+        rec = self._recorder
+        if rec is not None:
+            assert self._conn is not None
+            pieces = self._conn.pieces  # as the upstream framed them, for a faithful replay
+            if len(pieces) < 2 or sum(map(len, pieces)) != len(chunk):
+                pieces = [chunk]
+            for piece in pieces:
+                rec.upstream_chunk(piece)
+        tracker = self.tracker
+        prefix = self._prefix
+        batch: list[bytes] = []
+        parse: list[bytes] = []  # events the history rules must read: after the batch went out
+        needs_parse = _NEEDS_PARSE.search
+        verbatim = prefix is None  # every event goes out as the upstream sent it
+        for name, data in self._decoder.feed(chunk):
+            if data[:1] == b"[" and data.strip() == b"[DONE]":
+                verbatim = False  # the end-of-stream sentinel of some gateways: not an event
+                continue
+            if name and not data.startswith(b'{"type"'):
+                verbatim = False
+                typed = _typed(name, data)
+                if typed is None:
+                    continue
+                data = typed
+                parse.append(data)
+            elif needs_parse(data):
+                parse.append(data)
+            batch.append(data if prefix is None else tag(data, prefix))
+        if rec is not None and verbatim and batch:
+            rec.relayed_next()
+        sent = bool(batch) and self._down.emit(batch, False)
+        terminal = tracker.terminal
+        for data in parse:
+            try:
+                tracker.observe(json.loads(data), len(data))
+            except ValueError:
+                pass
+        if terminal is None and tracker.terminal is not None and self.on_terminal is not None:
+            self.on_terminal()
+        if sent and self._draining is None and self._down.congested():
+            assert self._conn is not None
+            self._conn.pause()
+            self._draining = asyncio.get_running_loop().create_task(self._resume_when_drained(self._conn))
+
+    async def _resume_when_drained(self, conn: Connection) -> None:
+        try:
+            if await self._down.drained():
+                conn.resume()
+        finally:
+            self._draining = None
+
+    async def _upstream_error(self, response: UpstreamResponse) -> bytes:
+        body = await response.read(_MAX_ERROR_BODY)
+        if self._recorder is not None and body:
+            self._recorder.upstream_chunk(body)
+        error: dict[str, Any] | None = None
+        try:
+            parsed = json.loads(body)
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                error = parsed["error"]
+        except ValueError:
+            pass
+        status = response.status
+        if error is None:
+            text = body.decode("utf-8", "replace").strip()[:500]
+            error = {
+                "type": "server_error" if status >= 500 else "invalid_request_error",
+                "code": f"upstream_http_{status}",
+                "message": text or f"Upstream answered HTTP {status}.",
+            }
+        return error_frame(status, "", "", error=error, headers=error_headers(response.headers))
+
+    def _record_end(self, error: str | None) -> None:
+        if self._recorder is not None:
+            self._recorder.upstream_end(error)
+
+
+def _typed(name: str, data: bytes) -> bytes | None:
+    """An event whose JSON has no 'type' gets its SSE event name; a sentinel or non-JSON is dropped."""
+    if data.strip() == b"[DONE]":
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        log.warning("dropping a non-JSON SSE event %r", name)
+        return None
+    if isinstance(obj, dict) and "type" not in obj:
+        return dumps({"type": name, **obj})
+    return data

@@ -1,0 +1,369 @@
+"""One bridged WebSocket: client frames in; lanes, steering and one streaming POST per response out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+from codexbridge.bridge.response_run import Downstream, ResponseRun
+from codexbridge.bridge.upstream import UpstreamPool, UpstreamSettings
+from codexbridge.responses import steering
+from codexbridge.responses.conversation import ClientFrameError, Conversation, PreparedRequest, validate_client_frame
+from codexbridge.responses.events import dumps, user_message
+from codexbridge.responses.headers import upstream_request_headers
+from codexbridge.responses.steering import PendingSteers, Steer, SteerError
+from codexbridge.responses.synthetic import error_frame, synthetic_prewarm, synthetic_response_id
+
+if TYPE_CHECKING:
+    from codexbridge.recording.pipe import RemoteRecorder
+
+log = logging.getLogger("codexbridge.bridge.session")
+
+
+class ClientChannel(Protocol):
+    """The downstream side, implemented by the mitmproxy glue."""
+
+    def write(self, frames: list[bytes], synthetic: bool = False) -> bool:
+        """Sends text frames now, in order; False when the client cannot be written to."""
+
+    def congested(self) -> bool:
+        """More is buffered toward the client than it has read."""
+
+    def drained(self) -> Awaitable[bool]:
+        """Resolves when the client has read what was buffered; False when it is gone."""
+
+    def response_state(self, in_flight: bool) -> None:
+        """Responses started or all ended (the text keepalive runs only in between)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    upstream_url: str
+    settings: UpstreamSettings
+    on_disconnect: str = "cancel"  # or "drain"
+    max_responses: int = 8
+    max_stored_bytes: int = 0
+    max_frame_bytes: int = 0
+    max_lanes: int = 32  # distinct named stream ids per connection
+    max_active: int = 16  # responses streaming at once per connection; more wait their turn
+    max_queued: int = 64  # creates waiting for a lane or an active slot
+
+
+@dataclass(slots=True)
+class SessionStats:
+    started: float
+    client_frames: int = 0
+    server_frames: int = 0
+    server_bytes: int = 0
+    responses: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class Lane:
+    stream_id: str | None
+    waiting: deque[PreparedRequest] = field(default_factory=deque)
+    active: ResponseRun | None = None
+
+
+class BridgeSession:
+    """Serves one client connection; never raises into the proxy."""
+
+    def __init__(self, config: SessionConfig, handshake_headers: list[tuple[str, str]], channel: ClientChannel,
+                 pool: UpstreamPool) -> None:
+        self.config = config
+        self.channel = channel
+        self.pool = pool
+        self.request_headers = upstream_request_headers(handshake_headers)
+        self.conversation = Conversation(config.max_responses, config.max_stored_bytes)
+        self.stats = SessionStats(started=time.monotonic())
+        self.max_frame_bytes = config.max_frame_bytes
+        self.client_gone = False
+        self.closed = asyncio.Event()
+        self.closed_callback: Callable[[BridgeSession], None] | None = None
+        self.recorder: RemoteRecorder | None = None
+        self.lanes: dict[str | None, Lane] = {None: Lane(None)}
+        self.runs: set[ResponseRun] = set()
+        self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
+        self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
+        self._steer_ids = 0
+        self.downstream = Downstream(self._emit, channel.congested, self._drained)
+
+    # -- client side ------------------------------------------------------------------------
+
+    def on_client_text(self, text: str | bytes) -> list[bytes]:
+        """Handles one complete client text frame; returns frames to send right away."""
+        self.stats.client_frames += 1
+        try:
+            frame = validate_client_frame(json.loads(text))
+        except json.JSONDecodeError as e:
+            return [self._client_error(ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}"))]
+        except ClientFrameError as e:
+            return [self._client_error(e)]
+        kind = frame["type"]
+        if kind == "response.create":
+            return self._create(frame, len(text))
+        if kind == "response.steer":
+            return self._steer(frame)
+        log.debug("ignoring client event %r", kind)
+        return []
+
+    def on_client_error(self, error: ClientFrameError) -> list[bytes]:
+        """A frame the glue rejected before parsing (binary, oversized)."""
+        self.stats.client_frames += 1
+        return [self._client_error(error)]
+
+    def on_client_closed(self) -> None:
+        """The client connection ended (close frame or dropped socket)."""
+        if self.client_gone:
+            return
+        self.client_gone = True
+        for lane in self.lanes.values():
+            lane.waiting.clear()
+        live = [run for run in self.runs if run.task is not None and not run.task.done()]
+        if not live:
+            self._finish()
+        elif self.config.on_disconnect == "drain":
+            log.info("client left mid-response; draining the upstream to its end")
+        else:
+            for run in live:
+                assert run.task is not None
+                run.task.cancel()
+
+    # -- response.create --------------------------------------------------------------------
+
+    def _create(self, frame: dict[str, Any], size: int) -> list[bytes]:
+        lane_id = None
+        try:
+            lane_id = steering.check_stream_id(frame.get("stream_id"))
+            lane = self._lane(lane_id)
+            if lane_id is None and lane.active is not None:
+                raise ClientFrameError("response_already_in_progress",
+                                       "A response is already in progress on this connection; wait for its terminal event.")
+            queued = sum(len(la.waiting) for la in self.lanes.values())
+            if queued >= self.config.max_queued:
+                raise ClientFrameError("too_many_queued_responses",
+                                       f"{queued} responses are already waiting on this connection.", status=429)
+            frame = self._with_pending_steers(frame)
+            prepared = self.conversation.prepare({k: v for k, v in frame.items() if k != "stream_id"})
+        except ClientFrameError as e:
+            return [self._client_error(e, lane_id)]
+        prepared.history_bytes += size
+        log.debug(
+            "stage=response_create lane=%s previous_response_id=%s new_items=%d full_items=%d generate=%s",
+            lane_id, prepared.previous_response_id, len(frame.get("input") or []), len(prepared.full_input),
+            prepared.generate,
+        )
+        if not prepared.generate and lane.active is None and not lane.waiting:
+            return self._prewarm(prepared, lane_id)
+        lane.waiting.append(prepared)
+        self._schedule(lane)
+        return []
+
+    def _lane(self, lane_id: str | None) -> Lane:
+        lane = self.lanes.get(lane_id)
+        if lane is None:
+            if len(self.lanes) - 1 >= self.config.max_lanes:
+                raise ClientFrameError("websocket_stream_limit_reached",
+                                       f"This connection already uses {self.config.max_lanes} stream ids.")
+            lane = self.lanes[lane_id] = Lane(lane_id)
+        return lane
+
+    def _prewarm(self, prepared: PreparedRequest, lane_id: str | None) -> list[bytes]:
+        response_id = synthetic_response_id(dumps(prepared.body))
+        self.conversation.remember(response_id, prepared.full_input, prepared.history_bytes, lane_id)
+        self.stats.responses += 1
+        frames = synthetic_prewarm(prepared.body, response_id)
+        if lane_id is not None:
+            prefix = steering.stream_prefix(lane_id)
+            frames = [steering.tag(f, prefix) for f in frames]
+        self._count(frames)
+        return frames
+
+    def _schedule(self, lane: Lane | None = None) -> None:
+        """Starts waiting work: FIFO per lane, at most max_active responses at once."""
+        if lane is not None and lane.active is None and lane.waiting and lane not in self.ready:
+            self.ready.append(lane)
+        while self.ready and len(self.runs) < self.config.max_active and not self.client_gone:
+            ready = self.ready.popleft()
+            if ready.active is not None or not ready.waiting:
+                continue
+            prepared = ready.waiting.popleft()
+            if not prepared.generate:
+                frames = self._prewarm(prepared, ready.stream_id)
+                asyncio.get_running_loop().create_task(self._send(frames, True))
+                if ready.waiting:
+                    self.ready.append(ready)
+                continue
+            self._start(ready, prepared)
+
+    def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
+        run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
+                          self.request_headers, self.downstream, self.recorder)
+        run.on_terminal = partial(self._settle, run, lane)
+        lane.active = run
+        first = not self.runs
+        self.runs.add(run)
+        run.begin()  # the request goes out before the task and the keepalive bookkeeping
+        run.task = asyncio.get_running_loop().create_task(self._respond(run, lane), name="codexbridge response")
+        if first and run in self.runs:  # (an eager task may already have finished it)
+            self.channel.response_state(True)
+        return run
+
+    async def _respond(self, run: ResponseRun, lane: Lane) -> None:
+        try:
+            await run.run()
+        except asyncio.CancelledError:
+            log.debug("upstream request cancelled")
+        except Exception as e:  # never let one session take the proxy down
+            log.exception("bridge error: %s", e)
+            await run.error(error_frame(500, "bridge_error", f"codexbridge internal error: {e}"))
+        finally:
+            self.stats.responses += 1
+            self.runs.discard(run)
+            try:
+                self._settle(run, lane)
+            finally:
+                if not self.runs:
+                    self.channel.response_state(False)
+                if self.client_gone:
+                    if not self.runs:
+                        self._finish()
+                else:
+                    self._schedule(lane)
+
+    def _settle(self, run: ResponseRun, lane: Lane) -> None:
+        """Once per response, at its terminal event (the client may send its next create right after it, even
+        while the upstream body is still ending) or at its end: stores a completed response, applies the
+        same-lane eviction rule, settles steering, and frees the lane."""
+        if run.settled:
+            return
+        run.settled = True
+        if lane.active is run:
+            lane.active = None
+        tracker = run.tracker
+        parent = run.prepared.previous_response_id
+        if tracker.terminal == "response.completed" and tracker.response_id:
+            nbytes = run.prepared.history_bytes + tracker.output_bytes
+            self.conversation.remember(tracker.response_id, tracker.history, nbytes, lane.stream_id)
+        elif parent and run.failed_status and self.conversation.lane_of(parent) == lane.stream_id:
+            self.conversation.forget(parent)  # a same-lane continuation that errored evicts its parent
+        if run.steers and not self.client_gone:
+            self._settle_steers(run, lane)
+        if not self.client_gone and run.task is not None and not run.task.done():
+            self._schedule(lane)  # the lane's next create need not wait for the end of this body
+
+    # -- response.steer ---------------------------------------------------------------------
+
+    def _steer(self, frame: dict[str, Any]) -> list[bytes]:
+        raw_target = frame.get("previous_response_id")
+        target = raw_target if isinstance(raw_target, str) else ""
+        try:
+            target, items = steering.steer_input(frame)
+        except SteerError as e:
+            return [steering.failed(e.code, e.message, target, frame.get("input"), 0)]
+        run = next((r for r in self.runs if r.response_id == target and r.tracker.terminal is None), None)
+        if run is None:
+            code, why = (("response_already_completed", "The response completed and no longer accepts steering input.")
+                         if target in self.conversation else
+                         ("response_not_found", f"No active response '{target}' on this connection."))
+            return [steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target))]
+        if len(run.steers) >= 16:
+            return [steering.failed("too_many_pending_steers", "Too much steering input is pending for the response.",
+                                    target, frame.get("input"), 0, lane=run.lane)]
+        self._steer_ids += 1
+        steer = Steer(f"steer_cb_{self._steer_ids}", target, items, run.lane, frame.get("input"))
+        run.steers.append(steer)
+        log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
+        return [steering.accepted(steer, run.tracker.last_sequence + 1)]
+
+    def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
+        tracker = run.tracker
+        seq = tracker.last_sequence + 1
+        if tracker.terminal != "response.completed" or not tracker.response_id:
+            self._emit([steering.failed("response_not_active", "The steered response did not complete.",
+                                        s.target, s.raw_input, seq, s.id, s.lane) for s in run.steers], True)
+            return
+        stubs = steering.required_input(tracker.output_items)
+        if stubs:
+            # the response waits for client-owned results: the input waits for the client's continuation
+            held = self.pending_steers.setdefault(tracker.response_id, PendingSteers(tracker.response_id, lane.stream_id))
+            held.steers.extend(run.steers)
+            self._emit([steering.pending(s, stubs, seq) for s in run.steers], True)
+            return
+        # an automatic successor: the same settings, the full history, the queued input in order
+        body = {k: v for k, v in run.prepared.body.items()}
+        full = tracker.history + [item for s in run.steers for item in s.input]
+        body["input"] = full
+        successor = PreparedRequest(body, full, True, tracker.response_id,
+                                    run.prepared.history_bytes + tracker.output_bytes)
+        log.debug("stage=steer_successor parent=%s steers=%d", tracker.response_id, len(run.steers))
+        lane.waiting.appendleft(successor)
+
+    def _with_pending_steers(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Accepted steering input held for this parent goes in front of the continuation's input."""
+        parent = frame.get("previous_response_id")
+        held = self.pending_steers.pop(parent, None) if isinstance(parent, str) else None
+        if held is None:
+            return frame
+        queued = [item for s in held.steers for item in s.input]
+        new_input = frame.get("input", [])
+        if isinstance(new_input, str):
+            new_input = [user_message(new_input)]
+        return {**frame, "input": queued + list(new_input)}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _client_error(self, error: ClientFrameError, lane: str | None = None) -> bytes:
+        self.stats.errors += 1
+        frame = error_frame(error.status, error.code, error.message, param=error.param)
+        if lane is not None:
+            frame = steering.tag(frame, steering.stream_prefix(lane))
+        self._count([frame])
+        return frame
+
+    def _count(self, frames: list[bytes]) -> None:
+        self.stats.server_frames += len(frames)
+        self.stats.server_bytes += sum(map(len, frames))
+
+    def _emit(self, frames: list[bytes], synthetic: bool = False) -> bool:
+        if self.client_gone:
+            return False
+        if synthetic and frames and b'"type":"error"' in frames[0][:40]:
+            self.stats.errors += 1
+        self._count(frames)
+        if not self.channel.write(frames, synthetic):
+            self.on_client_closed()
+            return False
+        return True
+
+    async def _drained(self) -> bool:
+        if await self.channel.drained():
+            return True
+        if not self.client_gone:
+            self.on_client_closed()
+        return False
+
+    async def _send(self, frames: list[bytes], synthetic: bool = False) -> None:
+        await self.downstream.send(frames, synthetic)
+
+    def _finish(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if self.recorder is not None:
+            self.recorder.complete()
+        if self.closed_callback is not None:
+            self.closed_callback(self)
+        s = self.stats
+        log.debug(
+            "stage=bridge_end frames_in=%d frames_out=%d bytes_out=%d responses=%d errors=%d duration=%.3fs",
+            s.client_frames, s.server_frames, s.server_bytes, s.responses, s.errors, time.monotonic() - s.started,
+        )

@@ -1,0 +1,504 @@
+"""The WebSocket layer codexbridge installs in mitmproxy: the stock relay plus keepalive for relayed flows,
+a local server for bridged ones, and the socket take-overs of the fast paths."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Generator
+from typing import Any
+
+import wsproto
+import wsproto.events as wse
+from mitmproxy import http
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import websocket as ws_layers
+from mitmproxy.proxy.utils import expect
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from codexbridge.mitm.channel import DirectReader, MitmChannel, wsproto_idle
+from codexbridge.mitm.keepalive_driver import KeepaliveDriver
+from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
+from codexbridge.mitm.plans import BridgeHooks, FlowPlan, forget_flow
+from codexbridge.responses.conversation import ClientFrameError
+from codexbridge.responses.events import TERMINAL_EVENTS, event_type
+from codexbridge.wire import wsread
+from codexbridge.wire.wsframes import encode_text_frame
+
+log = logging.getLogger("codexbridge.mitm")
+
+_stock_layer = ws_layers.WebsocketLayer
+
+
+class ClientWebsocket(ws_layers.WebsocketConnection):
+    """The client side of a flow: notes every write for the keepalive and consumes our pongs."""
+
+    keepalive: KeepaliveDriver | None = None
+
+    def send2(self, event: wse.Event) -> commands.SendData:
+        command = super().send2(event)
+        if self.keepalive is not None:
+            self.keepalive.wrote(isinstance(event, wse.Message), len(command.data))
+        return command
+
+    def events(self) -> Generator[wse.Event]:
+        for ws_event in super().events():
+            if isinstance(ws_event, wse.Pong) and self.keepalive is not None and self.keepalive.pong(bytes(ws_event.payload)):
+                continue
+            yield ws_event
+
+
+class CodexWebsocketLayer(ws_layers.WebsocketLayer):
+    """The stock relay, plus keepalive, for ordinary flows; a local server for bridged ones."""
+
+    def __init__(self, context: Context, flow: http.HTTPFlow):
+        super().__init__(context, flow)
+        self.plan = forget_flow(flow) or FlowPlan(message_hook=True)  # not ours: stock behaviour
+        if self.plan.channel is not None:
+            self.plan.channel.layer = self
+        self.hooks = self.plan.hooks
+        self.recorder = self.plan.recorder
+        self.keepalive: KeepaliveDriver | None = None
+        self.client_gone = False
+        self._incoming = 0
+        self._frames_in = 0
+        self._reader_tried = False
+        self._server_reader_tried = False
+        self._fast_server: wsread.FastReader | None = None
+        self._server_aligned = True
+        self._fast: wsread.FastReader | None = None
+        self._started = time.monotonic()
+
+    @expect(events.Start)
+    def start(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if self.hooks is None:
+            yield from _stock_layer.start(self, event)
+            self.client_ws.__class__ = ClientWebsocket
+        else:
+            # The synthetic 101 negotiated no extension: frames are plain.
+            self.client_ws = ClientWebsocket(wsproto.ConnectionType.SERVER, [], conn=self.context.client)
+            self.server_ws = ws_layers.WebsocketConnection(wsproto.ConnectionType.CLIENT, [], conn=self.context.server)
+            yield ws_layers.WebsocketStartHook(self.flow)
+            self._handle_event = self.serve_bridged
+        policy = self.plan.keepalive
+        if policy is not None and policy.enabled:
+            try:
+                self.keepalive = KeepaliveDriver(self, policy)
+            except ValueError as e:
+                log.warning("stage=keepalive_unavailable client=%s reason=%s; relaying without keepalive",
+                            self.context.client.peername, e)
+            else:
+                assert isinstance(self.client_ws, ClientWebsocket)
+                self.client_ws.keepalive = self.keepalive
+        if self.hooks is None:
+            self._take_over_server_reading()
+
+    _handle_event = start
+
+    # -- passthrough ------------------------------------------------------------------------
+
+    @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, BridgeInjected):
+            yield from self._relay_injected(event)
+            return
+        if self.client_gone:
+            if isinstance(event, events.ConnectionEvent) and event.connection == self.context.server:
+                yield from self._drain_server(event)
+            return
+        gen = super().relay_messages(event)
+        reply = None
+        try:
+            while True:
+                command = gen.send(reply)
+                if isinstance(command, ws_layers.WebsocketMessageHook):
+                    self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]
+                    if not self.plan.message_hook:
+                        reply = None  # as if the hook ran: no pass over every addon per relayed message
+                        continue
+                reply = yield command
+        except StopIteration:
+            pass
+        if isinstance(event, events.DataReceived) and event.connection == self.context.server:
+            if self._fast_server is not None:
+                # bytes the layers read (left after the 101, or handed over): the fast reader may resume
+                # only at a frame boundary
+                self._server_aligned = wsproto_idle(self.server_ws)
+            elif not self._server_reader_tried and self._handle_event == self.relay_messages:
+                self._take_over_server_reading()
+        if self._handle_event == self.done:
+            ws = self.flow.websocket
+            if self.recorder is not None and ws is not None:
+                self.recorder.close(ws.close_code or 1005, ws.close_reason or "",
+                                    "client" if ws.closed_by_client else "upstream")
+            self._record_complete()
+            self._ended()
+
+    def _observe(self, message: WebSocketMessage) -> None:
+        """Counts client frames; tracks whether a response is in flight, for the text keepalive."""
+        if message.from_client:
+            self._frames_in += 1
+        if self.recorder is not None:
+            if message.from_client:
+                self.recorder.client_frame(message.content if not message.is_text else message.text)
+            else:
+                self.recorder.server_frame(message.content if not message.is_text else message.text)
+        if not message.is_text or self.keepalive is None:
+            return
+        kind = event_type(message.content)
+        if message.from_client and kind == "response.create":
+            self.keepalive.response_started()
+        elif not message.from_client and kind in TERMINAL_EVENTS:
+            self.keepalive.response_ended()
+
+    def _relay_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+        if self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
+            return
+        if event.frames:
+            self._record_out(event)
+            for payload in event.frames:
+                self.flow.websocket.messages.append(  # type: ignore[union-attr]
+                    WebSocketMessage(Opcode.TEXT, False, payload, injected=True)
+                )
+                yield self.client_ws.send2(wse.TextMessage(payload.decode()))
+        if event.ping is not None:
+            if self.recorder is not None:
+                self.recorder.ping(event.ping)
+            yield self.client_ws.send2(wse.Ping(event.ping))
+        if event.close is not None:
+            yield from self._close_client(*event.close)
+            if self.plan.drain and self.keepalive is not None and self.keepalive.state.in_flight:
+                log.info("stage=upstream_drain client left mid-response; reading the upstream to its end")
+                return
+            yield from self._close_server()
+            self._record_complete()
+
+    def _drain_server(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.ConnectionClosed):
+            self.server_ws.receive_data(None)
+        else:
+            self.server_ws.receive_data(event.data)  # type: ignore[attr-defined]
+        for ws_event in self.server_ws.events():
+            if isinstance(ws_event, wse.Message):
+                data = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
+                if self.recorder is not None:
+                    self.recorder.server_frame(data)
+                if event_type(data) in TERMINAL_EVENTS:
+                    log.info("stage=upstream_drained")
+                    yield from self._close_server()
+                    self._record_complete()
+                    return
+            if isinstance(ws_event, wse.CloseConnection):
+                if self.recorder is not None:
+                    self.recorder.close(ws_event.code, ws_event.reason or "", "upstream")
+                yield from self._close_server()
+                self._record_complete()
+                return
+
+    def _close_server(self) -> layer.CommandGenerator[None]:
+        if self.server_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
+            yield self.server_ws.send2(wse.CloseConnection(1001, "client gone"))
+        yield commands.CloseConnection(self.context.server)
+        self._handle_event = self.done
+
+    # -- bridged ----------------------------------------------------------------------------
+
+    @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
+    def serve_bridged(self, event: events.Event) -> layer.CommandGenerator[None]:
+        hooks = self.hooks
+        assert hooks is not None
+        if isinstance(event, BridgeInjected):
+            yield from self._send_injected(event)
+            return
+        if isinstance(event, ws_layers.WebSocketMessageInjected):
+            # inject.websocket from another addon: client-bound text goes out, the rest is ignored
+            if not event.message.from_client:
+                yield from self._send_frames([event.message.content], synthetic=True)
+            return
+        if event.connection != self.context.client:  # type: ignore[attr-defined]
+            return  # a server connection opened eagerly by mitmproxy: never used for bridged flows
+        self.client_ws.receive_data(event.data if isinstance(event, events.DataReceived) else None)
+        for ws_event in self.client_ws.events():
+            if isinstance(ws_event, wse.Message):
+                yield from self._client_message(ws_event, hooks)
+            elif isinstance(ws_event, wse.Ping):
+                yield self.client_ws.send2(ws_event.response())
+            elif isinstance(ws_event, wse.CloseConnection):
+                yield from self._close_client(ws_event.code, ws_event.reason or "", by_client=True)
+                return
+        if not self._reader_tried and isinstance(event, events.DataReceived):
+            self._take_over_reading()
+
+    def _take_over_reading(self) -> None:
+        """On a plain client connection, later bytes are read by a DirectReader: in the socket callback,
+        without mitmproxy's reader task and layer pass. Done between two reads, so nothing is reordered."""
+        channel = self.plan.channel
+        if channel is None or not channel.direct or self.plan.message_hook or self.client_gone:
+            self._reader_tried = True
+            return
+        installed = self._install_reader(channel, None, self.client_ws, self.direct_data)
+        if installed is not False:  # False: mitmproxy still holds bytes or half a frame; try after its next read
+            self._reader_tried = True
+        if installed:  # nothing can be delivered before this line: the reader's callback runs on a later turn
+            self._fast = wsread.FastReader(self.hooks.max_frame_bytes if self.hooks is not None else 0)
+
+    def _take_over_server_reading(self) -> None:
+        """Passthrough with plain connections both ways, no extension and no message hook: later server
+        bytes are read in the socket callback and their frames forwarded unchanged to the client."""
+        response = self.flow.response
+        if (self.plan.message_hook or self.client_gone or self.context.server.tls or self.context.client.tls
+                or response is None or response.headers.get("sec-websocket-extensions")):
+            self._server_reader_tried = True
+            return
+        try:
+            channel = (self.plan.channel or (self.keepalive.channel if self.keepalive is not None else None)
+                       or MitmChannel(self.flow))
+        except ValueError:
+            self._server_reader_tried = True
+            return
+        channel.layer = self
+        installed = self._install_reader(channel, self.context.server, self.server_ws, self.direct_server_data)
+        if installed is not False:
+            self._server_reader_tried = True
+        if not installed:
+            return
+        self._fast_server = wsread.FastReader(masked=False)
+        log.debug("stage=direct_relay client=%s: server frames are forwarded from the socket callback",
+                  self.context.client.peername)
+
+    def _install_reader(self, channel: MitmChannel, connection: Any, ws: wsproto.Connection, deliver: Any) -> bool | None:
+        """Puts a DirectReader on a connection's transport at a frame boundary: True when done, False when
+        mitmproxy still holds bytes or half a frame (try after its next read), None when this connection
+        cannot be read directly."""
+        io = channel.connection_io(connection)
+        reader = io.reader if io is not None else None
+        transport = getattr(io.writer, "transport", None) if io is not None else None
+        inner = transport.get_protocol() if transport is not None else None
+        pending = getattr(reader, "_buffer", None)
+        if not isinstance(inner, asyncio.StreamReaderProtocol) or transport is None or not hasattr(transport, "set_protocol") \
+                or pending is None:
+            return None
+        if pending or not wsproto_idle(ws):
+            return False
+        transport.set_protocol(DirectReader(self, inner, channel, deliver))
+        return True
+
+    def direct_server_data(self, data: bytes, channel: MitmChannel) -> None:
+        """Server bytes from a DirectReader (passthrough): common frames go to the client as they came;
+        from the first other frame on, and once the client is gone, the layers take the bytes as before."""
+        fast = self._fast_server
+        if fast is None or not self._server_aligned or self.client_gone or self._handle_event != self.relay_messages:
+            channel.inject_now(events.DataReceived(self.context.server, data))
+            return
+        channel.activity()
+        frames = fast.feed(data)
+        if frames:
+            messages = self.flow.websocket.messages  # type: ignore[union-attr]
+            now = time.time()
+            texts = 0
+            for frame in frames:
+                if frame.opcode == wsread.TEXT:
+                    texts += 1
+                    message = server_text(frame.payload, now, False)
+                elif frame.opcode == wsread.BINARY:
+                    message = WebSocketMessage(Opcode.BINARY, False, frame.payload, now)
+                else:
+                    continue  # a server Ping or Pong goes to the client as it came
+                messages.append(message)
+                self._observe(message)
+            wire = fast.consumed
+            if self.keepalive is not None:
+                self.keepalive.wrote(bool(texts), len(wire), texts)
+            channel.write_raw(wire, self.context.client)
+        if fast.stopped:
+            rest, fast.rest, self._fast_server = fast.rest, b"", None
+            if rest:
+                channel.inject_now(events.DataReceived(self.context.server, rest))
+
+    def direct_data(self, data: bytes, channel: MitmChannel) -> None:
+        """Client bytes from a DirectReader: the same rules as serve_bridged, commands carried out here.
+        Common frames go through the fast reader; from the first other one on, wsproto reads."""
+        hooks = self.hooks
+        if hooks is None or self.client_gone:
+            return
+        channel.activity()
+        fast = self._fast
+        if fast is not None:
+            for frame in fast.feed(data):
+                if self.client_gone:
+                    return
+                if frame.opcode == wsread.PING:
+                    pong = wsread.pong_frame(frame.payload)
+                    if self.keepalive is not None:
+                        self.keepalive.wrote(False, len(pong))
+                    channel.write_raw(pong)
+                elif frame.opcode == wsread.PONG:
+                    if self.keepalive is not None:
+                        self.keepalive.pong(frame.payload)
+                else:
+                    self._note_client_frame(frame.payload, frame.text)
+                    out = self._bridge_client_frame(frame.text, hooks)
+                    wire = self.outgoing(out, True) if out else None
+                    if wire:
+                        channel.write_raw(wire)
+            if not fast.stopped:
+                return
+            data, fast.rest, self._fast = fast.rest, b"", None
+            if not data:
+                return
+        self.client_ws.receive_data(data)
+        for ws_event in self.client_ws.events():
+            if isinstance(ws_event, wse.Message):
+                for command in self._client_message(ws_event, hooks):
+                    if not isinstance(command, commands.SendData):
+                        raise RuntimeError(f"unexpected command on the direct path: {command!r}")
+                    channel.write_raw(command.data)
+            elif isinstance(ws_event, wse.Ping):
+                channel.write_raw(self.client_ws.send2(ws_event.response()).data)
+            elif isinstance(ws_event, wse.CloseConnection):
+                # the close handshake, websocket_end and the flow's end belong to the layers
+                channel.inject_now(BridgeInjected(self.flow, placeholder_message(), client_closed=ws_event))
+                return
+
+    def _client_message(self, ws_event: wse.Message, hooks: BridgeHooks) -> layer.CommandGenerator[None]:
+        buf = self.client_ws.frame_buf
+        chunk = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
+        self._incoming += len(chunk)
+        limit = hooks.max_frame_bytes
+        if not (limit and self._incoming > limit):
+            buf[-1] += chunk
+        if not ws_event.message_finished:
+            return
+        size, self._incoming = self._incoming, 0
+        content = b"".join(buf)
+        self.client_ws.frame_buf = [b""]
+        if limit and size > limit:
+            self._frames_in += 1
+            if self.recorder is not None:
+                self.recorder.error("client", f"client frame of {size} bytes over the limit was discarded")
+            out = hooks.on_client_error(
+                ClientFrameError("frame_too_large", f"Client frame of {size} bytes exceeds the limit of {limit} bytes.")
+            )
+            yield from self._send_frames(out, synthetic=True)
+            return
+        text = content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else None
+        message = self._note_client_frame(content, text)
+        if self.plan.message_hook:
+            yield ws_layers.WebsocketMessageHook(self.flow)
+            if message.dropped or self.client_gone:
+                return
+            text = message.text if message.is_text else None
+        out = self._bridge_client_frame(text, hooks)
+        if out:
+            yield from self._send_frames(out, synthetic=True)
+
+    def _note_client_frame(self, content: bytes, text: str | None) -> WebSocketMessage:
+        """Counts, records and keeps (for mitmweb and flow files) one complete client frame."""
+        self._frames_in += 1
+        if self.recorder is not None:
+            self.recorder.client_frame(text if text is not None else content)
+        message = WebSocketMessage(Opcode.TEXT if text is not None else Opcode.BINARY, True, content)
+        self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
+        return message
+
+    @staticmethod
+    def _bridge_client_frame(text: str | None, hooks: BridgeHooks) -> list[bytes]:
+        if text is not None:
+            return hooks.on_client_text(text)
+        return hooks.on_client_error(ClientFrameError("binary_frame", "Binary frames are not supported; send JSON text frames."))
+
+    def _send_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+        if event.client_closed is not None:
+            if not self.client_gone:
+                yield from self._close_client(event.client_closed.code, event.client_closed.reason or "", by_client=True)
+            return
+        if event.frames:
+            yield from self._send_frames(event.frames, event.synthetic, event.keepalive)
+        if event.ping is not None and self.client_ws.state is wsproto.ConnectionState.OPEN:
+            if self.recorder is not None:
+                self.recorder.ping(event.ping)
+            yield self.client_ws.send2(wse.Ping(event.ping))
+        if event.close is not None and not self.client_gone:
+            yield from self._close_client(*event.close)
+
+    def _send_frames(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> layer.CommandGenerator[None]:
+        data = self.outgoing(frames, synthetic, keepalive)
+        if data is not None:
+            yield commands.SendData(self.context.client, data)
+
+    def outgoing(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> bytes | None:
+        """The wire bytes of client-bound frames, with the flow, recorder and keepalive told; None when closed."""
+        if not frames or self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
+            return None
+        if self.recorder is not None:
+            if keepalive:
+                self.recorder.text_keepalive()
+            else:
+                self.recorder.to_client(frames, synthetic)
+        now = time.time()
+        self.flow.websocket.messages.extend(  # type: ignore[union-attr]
+            [server_text(payload, now, synthetic) for payload in frames])
+        data = b"".join(map(encode_text_frame, frames)) if len(frames) > 1 else encode_text_frame(frames[0])
+        if self.keepalive is not None:
+            self.keepalive.wrote(True, len(data), len(frames))
+        return data
+
+    # -- both -------------------------------------------------------------------------------
+
+    def _close_client(self, code: int, reason: str, by_client: bool = False) -> layer.CommandGenerator[None]:
+        ws = self.flow.websocket
+        assert ws is not None
+        self.client_gone = True
+        ws.timestamp_end = time.time()
+        ws.closed_by_client = by_client
+        ws.close_code = code
+        ws.close_reason = reason
+        if self.recorder is not None:
+            self.recorder.close(code, reason, "client" if by_client else "proxy")
+        if self.client_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
+            yield self.client_ws.send2(wse.CloseConnection(code, reason))
+        yield commands.CloseConnection(self.context.client)
+        if self.hooks is not None:
+            self._handle_event = self.done
+            self.hooks.on_client_closed()
+        self._ended()
+        yield ws_layers.WebsocketEndHook(self.flow)
+        self.flow.live = False
+
+    def _record_out(self, event: BridgeInjected) -> None:
+        if self.recorder is not None:
+            if event.keepalive:
+                self.recorder.text_keepalive()
+            else:
+                self.recorder.to_client(event.frames, event.synthetic)
+
+    def _record_complete(self) -> None:
+        if self.recorder is not None and self.hooks is None:
+            self.recorder.complete()
+
+    def _ended(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        ws = self.flow.websocket
+        stats = self.keepalive.counters if self.keepalive is not None else (0, 0)
+        log.debug(
+            "stage=session_end mode=%s client=%s close_code=%s closed_by=%s frames_in=%d frames_out=%d bytes_out=%d "
+            "duration=%.3fs",
+            "bridge" if self.hooks is not None else "passthrough", self.context.client.peername,
+            ws.close_code if ws else None, "client" if ws and ws.closed_by_client else "proxy",
+            self._frames_in, stats[0], stats[1], time.monotonic() - self._started,
+        )
+
+
+
+
+def install() -> None:
+    """Makes mitmproxy build CodexWebsocketLayer for every WebSocket flow (idempotent)."""
+    ws_layers.WebsocketLayer = CodexWebsocketLayer  # type: ignore[misc]
+
+
+def uninstall() -> None:
+    ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]

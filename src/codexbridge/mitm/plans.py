@@ -1,0 +1,58 @@
+"""What the addon decided for each WebSocket flow before mitmproxy builds its layer: bridge, keepalive, recording."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from mitmproxy import http
+
+from codexbridge.recording.pipe import RemoteRecorder
+from codexbridge.responses.conversation import ClientFrameError
+from codexbridge.responses.keepalive import KeepalivePolicy
+
+if TYPE_CHECKING:
+    from codexbridge.mitm.channel import MitmChannel
+
+
+class BridgeHooks(Protocol):
+    """What a bridged flow's layer calls (implemented by session.BridgeSession)."""
+
+    max_frame_bytes: int
+
+    def on_client_text(self, text: str) -> list[bytes]: ...
+    def on_client_error(self, error: ClientFrameError) -> list[bytes]: ...
+    def on_client_closed(self) -> None: ...
+
+
+@dataclass(slots=True)
+class FlowPlan:
+    """What the addon decided for one WebSocket flow before its layer exists."""
+
+    hooks: BridgeHooks | None = None  # None: relay to the upstream (passthrough)
+    keepalive: KeepalivePolicy | None = None
+    drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
+    channel: MitmChannel | None = None
+    recorder: RemoteRecorder | None = None
+    message_hook: bool = False  # run websocket_message per message (bridged: client frames, before bridging)
+
+
+_plans: dict[str, FlowPlan] = {}
+
+
+def plan_flow(flow: http.HTTPFlow, plan: FlowPlan) -> None:
+    """Registers how the layer of this upgrade flow must behave (bridge and/or keepalive)."""
+    _plans[flow.id] = plan
+
+
+def forget_flow(flow: http.HTTPFlow) -> FlowPlan | None:
+    """Takes the plan of a flow out of the registry (its layer starts, or the flow ended before it did)."""
+    return _plans.pop(flow.id, None)
+
+
+def detach_server(flow: http.HTTPFlow) -> None:
+    """For an upgrade the upstream refused and the bridge took over: the refusing connection (still in the
+    HTTP layer's table, its stream finished) must not be where injected events are routed."""
+    from mitmproxy.connection import Server
+
+    flow.server_conn = Server(address=None)

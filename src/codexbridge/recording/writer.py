@@ -1,0 +1,262 @@
+"""Writes one session's recording: redacted, elided, one line per event, flushed as it happens."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import re
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+from codexbridge import __version__
+from codexbridge.recording.schema import REDACTED, Header, HttpMessage, Redactor, dumps_line, elide_text
+from codexbridge.wire.sse import SseDecoder
+
+log = logging.getLogger("codexbridge.recording.writer")
+
+# Cheap substrings that every built-in token pattern needs; a text without any skips the regex.
+_TRIGGERS = ("sk-", "eyJ", "earer", "EARER", "ghp_", "gho_", "ghu_", "ghs_", "github_pat", "xox", "AKIA")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_SPAN = 4096  # how far into the next read a token split across two reads is looked for
+
+
+def recording_path(directory: str, mode: str, label: str, started: dt.datetime) -> Path:
+    name = f"{started.strftime('%Y%m%dT%H%M%S.%fZ')}-{mode}-{_SAFE_NAME.sub('_', label)[:40] or 'session'}.jsonl"
+    return Path(directory) / name
+
+
+class SessionRecorder:
+    """One recording file. Never raises into the proxied session: a failure is logged loudly once."""
+
+    def __init__(
+        self,
+        directory: str,
+        mode: str,
+        upstream: str,
+        request: HttpMessage,
+        redactor: Redactor,
+        elide_over: int = 0,
+        label: str = "",
+        path: Path | None = None,
+        started: dt.datetime | None = None,
+    ) -> None:
+        self.redactor = redactor
+        self.elide_over = elide_over
+        self._fast = not redactor.extra
+        self._t0 = time.monotonic()
+        self.fixed_t: float | None = None  # set by the recording worker: the time the proxy saw the event
+        self._file: Any = None
+        self.failed = False
+        self.flush_each = True  # the worker turns this off and calls flush() when its input runs dry
+        self.dirty = False
+        self._tail = ""
+        self._chunks_clean = False  # the upstream reads of the current response held nothing to redact
+        self._sse = SseDecoder()  # the current response's events, for to_client_relayed()
+        self._relayed: list[bytes] = []  # events of the reads since the last relayed batch
+        started = started or dt.datetime.now(dt.UTC)
+        self.path = path or recording_path(directory, mode, label, started)
+        header = Header(
+            tool_version=__version__,
+            mode=mode,
+            upstream=self.text(upstream),
+            started_at=started.isoformat(),
+            request=HttpMessage(
+                method=request.method,
+                url=self.text(request.url or ""),
+                status=request.status,
+                headers=self.headers(request.headers),
+            ),
+            elide_over=elide_over,
+            redaction=redactor.extra,
+        )
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
+            self._write(header.model_dump_json() + "\n")
+        except OSError as e:
+            self._fail(e)
+
+    # -- payload hygiene ---------------------------------------------------------------------
+
+    def text(self, value: str) -> str:
+        if self.elide_over:
+            value = elide_text(value, self.elide_over)
+        return value if self._clean(value) else self.redactor.text(value)
+
+    def headers(self, headers: Any) -> list[tuple[str, str]]:
+        return self.redactor.headers((str(n), str(v)) for n, v in headers)
+
+    def _payload(self, data: bytes | str) -> dict[str, str]:
+        if isinstance(data, str):
+            return {"text": self.text(data)}
+        try:
+            return {"text": self.text(data.decode("utf-8"))}
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(data).decode()}
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _t(self) -> float:
+        if self.fixed_t is not None:
+            return self.fixed_t
+        return round(time.monotonic() - self._t0, 6)
+
+    def client_frame(self, data: bytes | str) -> None:
+        self._event({"kind": "client_frame", "t": self._t(), **self._payload(data)})
+
+    def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
+        if not synthetic:
+            self._relayed = []  # a relayed batch sent as it is: the decoded events are this batch
+        texts = [f.decode("utf-8", "replace") for f in frames]
+        # relayed frames are the events of the chunks just recorded: scanned already if those were clean
+        scanned = not synthetic and self._chunks_clean
+        if self.elide_over or not (scanned or self._clean("\n".join(texts))):
+            texts = [self.text(t) for t in texts]
+        self._event({"kind": "to_client", "t": self._t(), "frames": texts, "synthetic": synthetic})
+
+    def to_client_relayed(self) -> None:
+        """The frames the client just got are the events of the upstream reads recorded since the last
+        batch, unchanged (the proxy then sends no copy of them)."""
+        frames, self._relayed = self._relayed, []
+        if self._chunks_clean and not self.elide_over:
+            # those reads are in the file as they came: the frames are stored by reference, not twice
+            self._event({"kind": "to_client", "t": self._t(), "relayed": len(frames), "synthetic": False})
+        else:
+            self.to_client(frames, False)
+
+    def to_client_packed(self, joined: bytes, lengths: bytes, synthetic: bool = False) -> None:
+        """to_client() for frames sent as one bytes object and their lengths (array 'I')."""
+        frames, pos = [], 0
+        for n in array("I", lengths):
+            frames.append(joined[pos:pos + n])
+            pos += n
+        self.to_client(frames, synthetic)
+
+    def _clean(self, value: str) -> bool:
+        """True when no built-in pattern can match (and no extra pattern is configured)."""
+        return self._fast and not any(t in value for t in _TRIGGERS)
+
+    def server_frame(self, data: bytes | str) -> None:
+        self._event({"kind": "server_frame", "t": self._t(), **self._payload(data)})
+
+    def upstream_request(self, method: str, url: str, headers: Any, body: bytes) -> None:
+        self._event({"kind": "upstream_request", "t": self._t(), "method": method, "url": self.text(url),
+                     "headers": self.headers(headers), "body": self.text(body.decode("utf-8", "replace"))})
+
+    def upstream_response(self, status: int, headers: Any) -> None:
+        self._tail = ""
+        self._chunks_clean = True
+        self._sse = SseDecoder()
+        self._relayed = []
+        self._event({"kind": "upstream_response", "t": self._t(), "status": status, "headers": self.headers(headers)})
+
+    def upstream_chunk(self, data: bytes) -> None:
+        self._relayed.extend(event.data for event in self._sse.feed(data))
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._tail = ""
+            self._chunks_clean = False
+            self._event({"kind": "upstream_chunk", "t": self._t(), "b64": base64.b64encode(data).decode()})
+            return
+        clean = self._clean(raw)
+        self._chunks_clean = self._chunks_clean and clean
+        text = raw if clean and not self.elide_over else self.text(raw)
+        if self._tail and not self._clean(self._tail + raw[:_SPAN]):
+            # a secret that began in the previous read and ends in this one
+            for m in self.redactor.pattern.finditer(self._tail + raw[:_SPAN]):
+                if m.start() < len(self._tail) < m.end():
+                    text = REDACTED + self.text(raw[m.end() - len(self._tail):])
+                    self._chunks_clean = False  # this read is no longer in the file as it came
+                    break
+        self._tail = raw[-128:]
+        self._event({"kind": "upstream_chunk", "t": self._t(), "text": text})
+
+    def upstream_end(self, error: str | None = None) -> None:
+        self._chunks_clean = False
+        self._relayed = []
+        self._event({"kind": "upstream_end", "t": self._t(), "error": self.text(error) if error else None})
+
+    def ping(self, payload: bytes) -> None:
+        self._event({"kind": "ping", "t": self._t(), "payload": payload.decode("utf-8", "replace")})
+
+    def pong(self, payload: bytes, rtt: float | None) -> None:
+        self._event({"kind": "pong", "t": self._t(), "payload": payload.decode("utf-8", "replace"),
+                     "rtt_ms": None if rtt is None else round(rtt * 1000, 3)})
+
+    def text_keepalive(self) -> None:
+        self._event({"kind": "text_keepalive", "t": self._t()})
+
+    def close(self, code: int, reason: str, by: str) -> None:
+        self._event({"kind": "close", "t": self._t(), "code": code, "reason": self.text(reason or ""), "by": by})
+
+    def error(self, where: str, message: str) -> None:
+        self._event({"kind": "error", "t": self._t(), "where": where, "message": self.text(message)})
+
+    def complete(self) -> None:
+        if self._file is None:
+            return
+        self._event({"kind": "complete", "t": self._t()})
+        try:
+            self._file.close()
+        except OSError as e:
+            self._fail(e)
+        self._file = None
+
+    def close_file(self) -> None:
+        """Closes without the completion marker (the proxy went away mid-session)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def discard(self) -> None:
+        """Removes a recording that turned out to be about nothing (an upgrade handed to another mode)."""
+        self.close_file()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    # -- I/O ---------------------------------------------------------------------------------
+
+    def _event(self, obj: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._write(dumps_line(obj))
+
+    def _write(self, line: str) -> None:
+        try:
+            self._file.write(line)
+            if self.flush_each:
+                self._file.flush()
+            else:
+                self.dirty = True
+        except (OSError, ValueError) as e:
+            self._fail(e)
+
+    def flush(self) -> None:
+        """Writes out what is buffered (the worker calls this whenever its input runs dry)."""
+        self.dirty = False
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except (OSError, ValueError) as e:
+                self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.failed:
+            log.error("RECORDING FAILED for %s: %s. The session goes on, but it is no longer recorded.",
+                      self.path, error)
+        self.failed = True
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, ValueError):
+                pass
+        self._file = None

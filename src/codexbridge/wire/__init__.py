@@ -1,0 +1,1 @@
+"""Byte formats, sans-IO: Server-Sent Events, HTTP/1.1 responses, WebSocket frames."""
