@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import gc
-import hashlib
 import logging
 import os
 import re
@@ -22,19 +20,14 @@ from codexbridge.recording.pipe import RecordingSink, RemoteRecorder
 from codexbridge.recording.schema import HttpMessage, Redactor
 from codexbridge.responses.events import dumps
 from codexbridge.responses.keepalive import KeepalivePolicy
+from codexbridge.wire.wsframes import accept_token
 
 log = logging.getLogger("codexbridge")
 GC_YOUNG_THRESHOLD = 10_000
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MODES = ("bridge", "passthrough", "auto", "reject", "off")
 REFUSALS = (404, 405, 426)
 ON_DISCONNECT = ("cancel", "drain")
-
-
-def accept_key(key: str) -> str:
-    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
 
 def is_websocket_upgrade(request: http.Request) -> bool:
@@ -349,7 +342,7 @@ class CodexBridge:
         flow.response = http.Response.make(
             101,
             b"",
-            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_key(key)},
+            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_token(key)},
         )
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -19,9 +17,9 @@ import wsproto.events as wse
 
 from codexbridge.recording.schema import Recording
 from codexbridge.replay.rules import Normalizer, canonical_json, describe_difference, exchanges, turns
+from codexbridge.wire.wsframes import accept_token
 
 log = logging.getLogger("codexbridge.replay.rules")
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _SKIP_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
@@ -176,7 +174,7 @@ class ReplayServer:
 
     async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          headers: dict[str, str], trailing: bytes) -> None:
-        accept = base64.b64encode(hashlib.sha1(headers.get("sec-websocket-key", "").encode() + WS_GUID).digest())
+        accept = accept_token(headers.get("sec-websocket-key", "")).encode()
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         ws = wsproto.connection.Connection(wsproto.ConnectionType.SERVER)

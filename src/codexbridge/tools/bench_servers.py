@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import signal
 from itertools import count
 from urllib.parse import parse_qs, urlsplit
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from codexbridge.wire.wsframes import accept_token
+
 MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024
 MAX_DELTAS = 1_000_000
@@ -36,10 +35,6 @@ _ids = count(1)
 
 
 # -- wire helpers shared with the bench clients ---------------------------------------------------
-
-
-def accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
 
 def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
@@ -243,7 +238,7 @@ class BenchUpstream:
             writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n")
+                     b"Sec-WebSocket-Accept: " + accept_token(key).encode() + b"\r\n\r\n")
         query = parse_qs(urlsplit(target).query)
         ping_interval = float(query.get("ping", ["0"])[0] or 0)
         conn = _WsConn(writer, ping_interval)

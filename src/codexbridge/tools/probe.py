@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -29,8 +28,8 @@ from wsproto.extensions import PerMessageDeflate
 
 from codexbridge import __version__
 from codexbridge.wire.sse import SseDecoder
+from codexbridge.wire.wsframes import accept_token
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 NGINX_WS = """map $http_upgrade $connection_upgrade {
     default upgrade;
@@ -168,10 +167,6 @@ class Idle:
 
 
 # -- pure judgement over measured facts ----------------------------------------------------------------------
-
-
-def accept_for(key: str) -> str:
-    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
 
 
 def parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
@@ -334,7 +329,7 @@ def codex_headers(key: str | None) -> dict[str, str]:
 async def upgrade(t: Target, key: str | None, timeout: float, ctx: ssl.SSLContext | None) -> tuple[Upgrade, Any]:
     """The upgrade GET on a raw socket: the facts and, after a good 101, (reader, writer, bytes after the head)."""
     wskey = base64.b64encode(secrets.token_bytes(16)).decode()
-    u = Upgrade(accept_expected=accept_for(wskey))
+    u = Upgrade(accept_expected=accept_token(wskey))
     hdrs = {"Host": t.origin.split("://")[1], "Connection": "Upgrade", "Upgrade": "websocket",
             "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": wskey, **codex_headers(key),
             "openai-beta": "responses_websockets=2026-02-06",
