@@ -11,6 +11,11 @@ TERMINAL_EVENTS = frozenset(
 )
 
 
+def type_marker(kind: str) -> bytes:
+    """How an event's type appears in compact JSON: a byte pattern to look for without parsing."""
+    return f'"type":"{kind}"'.encode()
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON as UTF-8, the way OpenAI's events look on the wire."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

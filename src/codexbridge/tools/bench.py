@@ -46,6 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from codexbridge import __version__
+from codexbridge.responses.events import TERMINAL_EVENTS, type_marker
 from codexbridge.tools.bench_servers import bench_request, dumps, ws_masked_frame
 from codexbridge.tools.procs import Child, child_pids, free_port, script_path
 
@@ -55,8 +56,8 @@ HOST = "127.0.0.1"
 PATH = "/v1/responses"
 WORKLOADS = ("burst", "paced", "first", "handshake", "idle")
 GROUPS = ("a", "b", "c", "d", "e")
-_TERMINAL_OK = b'"type":"response.completed"'
-_TERMINAL_BAD = (b'"type":"error"', b'"type":"response.failed"', b'"type":"response.incomplete"')
+_TERMINAL_OK = type_marker("response.completed")
+_TERMINAL_BAD = tuple(type_marker(kind) for kind in sorted(TERMINAL_EVENTS - {"response.completed"}))
 
 
 class BenchError(Exception):

@@ -22,14 +22,13 @@ import signal
 from itertools import count
 from urllib.parse import parse_qs, urlsplit
 
+from codexbridge.responses.events import user_message
 from codexbridge.wire.wsframes import accept_token
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024
 MAX_DELTAS = 1_000_000
 DELTA_TEXT = "tok "
-TERMINAL_MARKERS = (b'"type":"response.completed"', b'"type":"response.failed"', b'"type":"response.incomplete"',
-                    b'"type":"error"')
 
 _ids = count(1)
 
@@ -76,7 +75,7 @@ def bench_request(deltas: int, pace_ms: int, model: str = "bench-model") -> dict
     """The body fields a bench client sends (POST body, or response.create frame without `type`)."""
     return {
         "model": model,
-        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "bench"}]}],
+        "input": [user_message("bench")],
         "stream": True,
         "store": False,
         "metadata": {"bench_deltas": str(deltas), "bench_pace_ms": str(pace_ms)},

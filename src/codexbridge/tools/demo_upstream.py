@@ -26,6 +26,9 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Even
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsHandshakeError
 
+from codexbridge.responses.conversation import WS_ONLY_KEYS
+from codexbridge.responses.events import user_message
+
 log = logging.getLogger("codexbridge.tools.demo_upstream")
 
 DEFAULT_TEXT = "hi from mock"
@@ -73,7 +76,7 @@ def plan_for(body: Any) -> Plan:
     plan = Plan()
     items = body.get("input") if isinstance(body, dict) else None
     if isinstance(items, str):  # the API's shorthand for one user message
-        items = [{"type": "message", "role": "user", "content": items}]
+        items = [user_message(items)]
     items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
     if items and items[-1].get("type") == "function_call_output":
         output = _text_of(items[-1].get("output"), ("input_text", "output_text"))
@@ -498,8 +501,8 @@ class MockUpstream:
     async def _ws_response(self, peer: _WsPeer, frame: dict[str, Any], history: list[Any]) -> None:
         """One response.create: the events the POST path would send for the full input, one text frame each."""
         items = frame.get("input")
-        items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else items
-        body = {k: v for k, v in frame.items() if k not in ("type", "previous_response_id", "generate")}
+        items = [user_message(items)] if isinstance(items, str) else items
+        body = {k: v for k, v in frame.items() if k not in WS_ONLY_KEYS}
         body.update(input=[*history, *(items if isinstance(items, list) else [])], stream=True)
         self._counter += 1
         n, plan = self._counter, plan_for(body) if frame.get("generate") is not False else Plan(generate=False)

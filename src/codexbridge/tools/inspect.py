@@ -32,10 +32,10 @@ from codexbridge.recording.schema import (
     UpstreamResponse,
 )
 from codexbridge.replay.rules import chunk_bytes
+from codexbridge.responses.events import TERMINAL_EVENTS
 from codexbridge.wire.sse import SseDecoder
 
 DELTA = "response.output_text.delta"
-TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 SLOW_GAP_MS = 1000.0
 
 
@@ -175,7 +175,7 @@ def summarize(rec: Recording) -> Summary:
             cur.ttft_ms = round(ms - cur.t_ms, 3) if cur.ttft_ms is None else cur.ttft_ms
         elif typ == "error":
             cur.errors.append(s.errors[-1])
-        if typ in TERMINAL:
+        if typ in TERMINAL_EVENTS:
             cur.status, cur.duration_ms, last_out = typ, round(ms - cur.t_ms, 3), None
             if isinstance(usage := response.get("usage"), dict):
                 cur.usage = {k: usage[k] for k in ("input_tokens", "output_tokens", "total_tokens") if k in usage}

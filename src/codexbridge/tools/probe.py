@@ -27,10 +27,10 @@ from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
 from codexbridge import __version__
+from codexbridge.responses.events import TERMINAL_EVENTS
 from codexbridge.wire.sse import SseDecoder
 from codexbridge.wire.wsframes import accept_token
 
-TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 NGINX_WS = """map $http_upgrade $connection_upgrade {
     default upgrade;
     ''      close;
@@ -432,7 +432,7 @@ async def ws_response(ws: WsClient, model: str, prompt: str, timeout: float) -> 
         async for kind, payload in ws.events(timeout):
             if kind == "text":
                 st.arrivals_ms.append((time.monotonic() - t0) * 1000)
-                if (ev := as_json(payload)).get("type") in TERMINAL:
+                if (ev := as_json(payload)).get("type") in TERMINAL_EVENTS:
                     st.terminal = ev["type"]
                     st.error = json.dumps(ev.get("error"))[:200] if ev["type"] == "error" else None
                     break
@@ -464,7 +464,7 @@ async def http_response(t: Target, key: str | None, model: str, prompt: str, tim
                     now = (time.monotonic() - t0) * 1000
                     for ev in dec.feed(chunk):
                         st.arrivals_ms.append(now)
-                        if (name := ev.event or as_json(ev.data).get("type", "")) in TERMINAL:
+                        if (name := ev.event or as_json(ev.data).get("type", "")) in TERMINAL_EVENTS:
                             st.terminal = name
     except httpx.HTTPError as e:
         st.error = f"{type(e).__name__}: {e}"
