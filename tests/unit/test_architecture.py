@@ -42,22 +42,23 @@ def test_the_import_contracts_hold() -> None:
     assert "0 broken" in run.stdout
 
 
-def test_an_upward_import_breaks_the_contracts(tmp_path: Path) -> None:
+def lint_with_extra_import(tmp_path: Path, module: str, statement: str) -> subprocess.CompletedProcess[str]:
+    """Runs the contracts on a copy of the package in which `module` (a path under codexbridge/) ends with `statement`."""
     copy = tmp_path / "codexbridge"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    sse = copy / "wire" / "sse.py"
-    sse.write_text(sse.read_text() + "\nfrom codexbridge.bridge import session  # noqa: E402,F401\n")
-    run = lint_imports(tmp_path)
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{statement}  # noqa: E402,F401\n")
+    return lint_imports(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contracts(tmp_path: Path) -> None:
+    run = lint_with_extra_import(tmp_path, "wire/sse.py", "from codexbridge.bridge import session")
     assert run.returncode != 0
     assert "codexbridge.wire.sse -> codexbridge.bridge.session" in run.stdout, run.stdout
 
 
 def test_a_cycle_breaks_the_contracts(tmp_path: Path) -> None:
-    copy = tmp_path / "codexbridge"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    procs = copy / "tools" / "procs.py"
-    procs.write_text(procs.read_text() + "\nfrom codexbridge.tools import cluster  # noqa: E402,F401\n")
-    run = lint_imports(tmp_path)
+    run = lint_with_extra_import(tmp_path, "tools/procs.py", "from codexbridge.tools import cluster")
     assert run.returncode != 0
     assert "No cycles are allowed in codexbridge.tools" in run.stdout, run.stdout
 
