@@ -505,6 +505,15 @@ class Params:
     label: str = "full"
 
 
+def _chosen(option: str, what: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The comma-separated choices of `option`, in the order of `allowed`; an unknown one exits with a message."""
+    chosen = {v.strip() for v in value.split(",") if v.strip()}
+    bad = sorted(chosen - set(allowed))
+    if bad:
+        raise SystemExit(f"{option}: unknown {what}(s) {', '.join(bad)}; choose from {','.join(allowed)}")
+    return tuple(a for a in allowed if a in chosen)
+
+
 def params_from(args: argparse.Namespace) -> Params:
     p = Params()
     if args.quick:
@@ -521,19 +530,9 @@ def params_from(args: argparse.Namespace) -> Params:
     if getattr(args, "idle_hold", None) is not None:
         p.idle_hold = max(1.0, float(args.idle_hold))
     if args.only:
-        groups = tuple(g.strip() for g in args.only.split(",") if g.strip())
-        bad = [g for g in groups if g not in GROUPS]
-        if bad:
-            raise SystemExit(f"--only: unknown configuration(s) {', '.join(bad)}; choose from {','.join(GROUPS)}")
-        p.groups = tuple(g for g in GROUPS if g in groups)
-        p.label = "partial"
+        p.groups, p.label = _chosen("--only", "configuration", args.only, GROUPS), "partial"
     if args.workloads:
-        wls = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
-        bad = [w for w in wls if w not in WORKLOADS]
-        if bad:
-            raise SystemExit(f"--workloads: unknown workload(s) {', '.join(bad)}; choose from {','.join(WORKLOADS)}")
-        p.workloads = tuple(w for w in WORKLOADS if w in wls)
-        p.label = "partial"
+        p.workloads, p.label = _chosen("--workloads", "workload", args.workloads, WORKLOADS), "partial"
     # the idle session must outlive at least two ping intervals to see a ping, and its pong deadline
     p.idle_hold = max(p.idle_hold, p.ping_interval + 0.5)
     return p

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from itertools import count
 from urllib.parse import parse_qs, urlsplit
 
@@ -217,16 +218,9 @@ class BenchUpstream:
             writer.write(completed + b"\r\n0\r\n\r\n")
             await writer.drain()
             return
-        loop = asyncio.get_running_loop()
         writer.write(SSE_HEAD + chunk(created))
-        start = loop.time()
-        step = pace / 1000.0
-        for i in range(deltas):
-            delay = start + (i + 1) * step - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            writer.write(chunk(sse_event(delta_event(i), b"response.output_text.delta")))
-            await writer.drain()
+        await write_paced(deltas, pace, lambda i: writer.write(chunk(sse_event(delta_event(i), b"response.output_text.delta"))),
+                          writer.drain)
         writer.write(chunk(completed) + b"0\r\n\r\n")
         await writer.drain()
 
@@ -305,18 +299,24 @@ class BenchUpstream:
             conn.write(completed)
             await w.drain()
             return
-        loop = asyncio.get_running_loop()
         conn.write(created)
-        start = loop.time()
-        step = pace / 1000.0
-        for i in range(deltas):
-            delay = start + (i + 1) * step - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            conn.write(ws_frame(delta_event(i)))
-            await w.drain()
+        await write_paced(deltas, pace, lambda i: conn.write(ws_frame(delta_event(i))), w.drain)
         conn.write(completed)
         await w.drain()
+
+
+async def write_paced(count: int, pace_ms: int, write_delta: Callable[[int], object],
+                      drain: Callable[[], Awaitable[None]]) -> None:
+    """Writes `count` deltas `pace_ms` apart on a fixed schedule (one late write does not push back the rest)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    step = pace_ms / 1000.0
+    for i in range(count):
+        delay = start + (i + 1) * step - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        write_delta(i)
+        await drain()
 
 
 class _WsConn:
