@@ -1,5 +1,8 @@
-"""mitmdump -s entry script: the Codex Responses WebSocket bridge."""
+"""mitmdump -s entry script: the Codex Responses WebSocket bridge, with keepalive, recording and metrics."""
 
 from codexbridge.addons.bridge import CodexBridge
+from codexbridge.addons.keepalive import Keepalive
+from codexbridge.addons.metrics import Metrics
+from codexbridge.addons.recorder import Recorder
 
-addons = [CodexBridge()]
+addons = [CodexBridge(), Keepalive(), Recorder(), Metrics()]

@@ -6,9 +6,9 @@ check_internals()
 
 from codexbridge.mitm.channel import MitmChannel  # noqa: E402 - only once the internals are known to be there
 from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402
-from codexbridge.mitm.plans import BridgeHooks, FlowPlan, detach_server, forget_flow, plan_flow  # noqa: E402
+from codexbridge.mitm.plans import BridgeHooks, FlowMeter, FlowPlan, detach_server, forget_flow, plan_flow, plan_of  # noqa: E402
 
 __all__ = [
-    "BridgeHooks", "CodexWebsocketLayer", "FlowPlan", "IncompatibleMitmproxy", "MitmChannel", "check_internals",
-    "detach_server", "forget_flow", "install", "plan_flow", "uninstall",
+    "BridgeHooks", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "MitmChannel", "check_internals",
+    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "uninstall",
 ]

@@ -35,6 +35,17 @@ class FlowPlan:
     channel: MitmChannel | None = None
     recorder: RemoteRecorder | None = None
     message_hook: bool = False  # run websocket_message per message (bridged: client frames, before bridging)
+    meter: FlowMeter | None = None  # plain counters for the metrics addon, told per frame and per ping
+
+
+class FlowMeter(Protocol):
+    """What a flow's layer and keepalive tell the metrics addon (implemented by addons.metrics.FlowMeter)."""
+
+    def client_frame(self, nbytes: int) -> None: ...
+    def to_client(self, frames: int, nbytes: int) -> None: ...
+    def server_event(self, content: bytes) -> None: ...
+    def pong(self, rtt: float) -> None: ...
+    def pong_timeout(self) -> None: ...
 
 
 _plans: dict[str, FlowPlan] = {}
@@ -43,6 +54,15 @@ _plans: dict[str, FlowPlan] = {}
 def plan_flow(flow: http.HTTPFlow, plan: FlowPlan) -> None:
     """Registers how the layer of this upgrade flow must behave (bridge and/or keepalive)."""
     _plans[flow.id] = plan
+
+
+def plan_of(flow: http.HTTPFlow) -> FlowPlan:
+    """The flow's plan, made on first use: the addons (bridge, keepalive, recorder, metrics) each fill in their part.
+    A new plan keeps mitmproxy's websocket_message hook per message until an addon decides otherwise."""
+    plan = _plans.get(flow.id)
+    if plan is None:
+        plan = _plans[flow.id] = FlowPlan(message_hook=True)
+    return plan
 
 
 def forget_flow(flow: http.HTTPFlow) -> FlowPlan | None:

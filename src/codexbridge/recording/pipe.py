@@ -43,7 +43,9 @@ class RecordingSink:
         self._backlog_bytes = 0
         self._writer_armed = False
         self.failed = False
+        self.failures = 0  # times recording stopped working (read by the metrics addon)
         self._ids = itertools.count(1)
+        self._open: dict[int, RemoteRecorder] = {}  # sessions not complete yet: marked ended by shutdown at close()
 
     def start(self) -> None:
         if self._proc is not None:
@@ -66,7 +68,11 @@ class RecordingSink:
         key = next(self._ids)
         self.send((key, "open", (directory, mode, upstream, request.model_dump(), list(extra_patterns), elide_over,
                                  label, str(path), started.isoformat())))
-        return RemoteRecorder(self, key, path)
+        recorder = self._open[key] = RemoteRecorder(self, key, path)
+        return recorder
+
+    def ended(self, key: int) -> None:
+        self._open.pop(key, None)
 
     def send(self, message: tuple[Any, ...]) -> None:
         if self.failed or self._fd < 0:
@@ -137,12 +143,17 @@ class RecordingSink:
                 time.sleep(0.005)
 
     def close(self, timeout: float = 10.0) -> None:
+        """Marks every session still open as ended by shutdown, writes out what is queued, and waits for the
+        worker to finish the files."""
         if self._proc is None:
             return
+        for recorder in list(self._open.values()):
+            recorder.shutdown()
         self._disarm()
         self.flush(timeout)
         try:
-            os.close(self._fd)
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()  # through its file object: closing the bare fd left it to fail at exit
         except OSError:
             pass
         self._fd = -1
@@ -155,6 +166,7 @@ class RecordingSink:
 
     def _fail(self, why: str) -> None:
         if not self.failed:
+            self.failures += 1
             log.error("RECORDING FAILED: %s. Sessions go on, but they are no longer recorded.", why)
         self.failed = True
         self._backlog.clear()
@@ -226,7 +238,14 @@ class RemoteRecorder:
 
     def complete(self) -> None:
         self._send("complete")
+        self._sink.ended(self._key)
+
+    def shutdown(self) -> None:
+        """The proxy stops while the session is open: its recording ends here, marked as ended by shutdown."""
+        self._send("shutdown")
+        self._sink.ended(self._key)
 
     def discard(self) -> None:
         self._send("discard")
+        self._sink.ended(self._key)
 

@@ -146,10 +146,12 @@ class Error(_Model):
 
 
 class Complete(_Model):
-    """The last line of a session that ended normally (its absence means the proxy died)."""
+    """The last line of a session that ended normally, or was open when the proxy stopped (`reason` "shutdown");
+    its absence means the proxy died. Recordings written before `reason` existed read as "ended"."""
 
     kind: Literal["complete"] = "complete"
     t: float
+    reason: Literal["ended", "shutdown"] = "ended"
 
 
 Event = Annotated[
@@ -222,6 +224,11 @@ class Recording(BaseModel):
     @property
     def complete(self) -> bool:
         return bool(self.events) and self.events[-1].kind == "complete"
+
+    @property
+    def ended_by_shutdown(self) -> bool:
+        last = self.events[-1] if self.events else None
+        return isinstance(last, Complete) and last.reason == "shutdown"
 
 
 def parse_lines(lines: Iterable[str]) -> Recording:

@@ -69,7 +69,7 @@ def serve(stream: BinaryIO) -> None:
             continue
         recorder.fixed_t = args[0]
         getattr(recorder, name)(*args[1:])
-        if name in ("complete", "discard"):
+        if name in ("complete", "shutdown", "discard"):
             del sessions[key]
             dirty.discard(recorder)
         elif recorder.dirty:

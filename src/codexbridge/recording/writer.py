@@ -198,9 +198,16 @@ class SessionRecorder:
         self._event({"kind": "error", "t": self._t(), "where": where, "message": self.text(message)})
 
     def complete(self) -> None:
+        self._end({"kind": "complete", "t": self._t()})
+
+    def shutdown(self) -> None:
+        """The proxy stopped while the session was open: the last line says so."""
+        self._end({"kind": "complete", "t": self._t(), "reason": "shutdown"})
+
+    def _end(self, last: dict[str, Any]) -> None:
         if self._file is None:
             return
-        self._event({"kind": "complete", "t": self._t()})
+        self._event(last)
         try:
             self._file.close()
         except OSError as e:
