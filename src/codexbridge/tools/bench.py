@@ -48,7 +48,7 @@ from rich.table import Table
 from codexbridge import __version__
 from codexbridge.responses.events import TERMINAL_EVENTS, type_marker
 from codexbridge.tools.bench_servers import bench_request, dumps, ws_masked_frame
-from codexbridge.tools.procs import Child, child_pids, free_port, script_path
+from codexbridge.tools.procs import Child, child_pids, die_with_parent, free_port, script_path
 
 perf = time.perf_counter
 READ = 1 << 18
@@ -410,6 +410,7 @@ def cpu_seconds(pid: int) -> float:
 
 def _child_limits() -> None:
     raise_nofile()
+    die_with_parent()  # no upstream or proxy outlives a bench that was killed
 
 
 async def start_child(name: str, cmd: list[str], port: int, workdir: Path, timeout: float = 30.0) -> Child:
@@ -443,6 +444,8 @@ def mitmdump_cmd(group: str, upstream_port: int, port: int, record_dir: Path, pa
         cmd += ["--set", f"codexbridge_record={record_dir}"]
     if group == "e":
         cmd += ["--set", "codexbridge_mode=passthrough"]
+    if params.metrics:
+        cmd += ["--set", f"codexbridge_metrics={HOST}:0"]
     return cmd
 
 
@@ -503,6 +506,7 @@ class Params:
     quiet_budget_s: float = 90.0  # total time the run may wait for other processes to calm down
     quick: bool = False
     label: str = "full"
+    metrics: bool = False  # the bridge and passthrough proxies count and serve Prometheus metrics (on a free port)
 
 
 def _chosen(option: str, what: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -533,6 +537,7 @@ def params_from(args: argparse.Namespace) -> Params:
         p.groups, p.label = _chosen("--only", "configuration", args.only, GROUPS), "partial"
     if args.workloads:
         p.workloads, p.label = _chosen("--workloads", "workload", args.workloads, WORKLOADS), "partial"
+    p.metrics = bool(getattr(args, "metrics", False))
     # the idle session must outlive at least two ping intervals to see a ping, and its pong deadline
     p.idle_hold = max(p.idle_hold, p.ping_interval + 0.5)
     return p

@@ -3,65 +3,185 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
+from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 
 from codexbridge import __version__
 from codexbridge.tools.console import codex_config, console
-from codexbridge.tools.procs import free_port, mitmdump_command, wait_for_port
+from codexbridge.tools.procs import (
+    die_with_parent,
+    free_port,
+    mitmdump_binary,
+    mitmdump_command,
+    port_in_use,
+    script_path,
+    wait_for_port,
+)
+
+# What the shipped scripts import: checked before mitmdump starts, so that a missing dependency is one clear line.
+ADDON_MODULES = ("codexbridge.addons.bridge", "codexbridge.addons.keepalive", "codexbridge.addons.recorder",
+                 "codexbridge.addons.metrics", "prometheus_client")
+
+
+class Failure(Exception):
+    """A reason the command cannot go on, said in one line."""
+
+
+def fail(message: str) -> int:
+    console.print(f"[red]codexbridge: {escape(message)}[/red]", soft_wrap=True)
+    return 1
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the command like Ctrl-C does, so that its cleanup (stopping every child) runs."""
+    def interrupt(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_upstream(url: str) -> str:
+    """The upstream base URL, or Failure naming what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise Failure(f"--upstream {url!r} is not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Failure(f"--upstream {url!r} is not an http:// or https:// URL with a host")
+    return url.rstrip("/")
+
+
+def check_installed() -> None:
+    """mitmdump and every module the shipped scripts import are there; else Failure with the missing one."""
+    if not mitmdump_binary().exists():
+        raise Failure(f"mitmdump is not installed next to {sys.executable} (pip install 'mitmproxy>=12.2,<13')")
+    for module in ADDON_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise Failure(f"a dependency is missing: {e} (reinstall codexbridge with pip)") from None
+    try:
+        script_path("bridge")
+    except SystemExit as e:
+        raise Failure(str(e).removeprefix("codexbridge: ")) from None
+
+
+def check_port(host: str, port: int, what: str, remedy: str) -> None:
+    if port_in_use(host, port):
+        raise Failure(f"{what} {host}:{port} is already in use ({remedy})")
+
+
+def metrics_address(options: list[str]) -> tuple[str, int] | None:
+    value = next((o.split("=", 1)[1] for o in reversed(options) if o.startswith("codexbridge_metrics=")), "")
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise Failure(f"codexbridge_metrics={value} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def start_demo_upstream(children: list[subprocess.Popen[bytes]]) -> str:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "codexbridge.tools.demo_upstream", "--host", "127.0.0.1",
+                             "--port", str(port)], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    children.append(proc)
+    if not wait_for_port("127.0.0.1", port, proc=proc):
+        raise Failure("the demo upstream did not start; see its output above")
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT (mitmdump closes its recordings), SIGKILL after 5 s; newest first."""
+    for c in reversed(children):
+        if c.poll() is None:
+            c.send_signal(signal.SIGINT)
+    for c in reversed(children):
+        try:
+            c.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait(timeout=5)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     children: list[subprocess.Popen[bytes]] = []
-    upstream = args.upstream
-    if not upstream:
-        demo_port = free_port()
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "codexbridge.tools.demo_upstream", "--host", "127.0.0.1", "--port", str(demo_port)]
-            )
-        )
-        if not wait_for_port("127.0.0.1", demo_port):
-            console.print("[red]the demo upstream did not start[/red]")
-            return 1
-        upstream = f"http://127.0.0.1:{demo_port}"
-    cmd = mitmdump_command(upstream, args.port, args.set or [], host=args.host, quiet=args.quiet)
-    children.append(subprocess.Popen(cmd))
+    options = args.set or []
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
     try:
-        if not wait_for_port(args.host if args.host != "0.0.0.0" else "127.0.0.1", args.port):
-            console.print("[red]mitmdump did not start; see its output above[/red]")
-            return 1
-        base_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/v1"
-        what = "the embedded demo upstream (no API key needed)" if not args.upstream else upstream
-        console.print(
-            Panel.fit(
-                f"codexbridge {__version__} listening on [bold]{base_url}[/bold], bridging to {what}.\n"
-                "Point Codex at it with this $CODEX_HOME/config.toml, then run e.g.\n"
-                "[bold]OPENAI_API_KEY=sk-anything codex exec --skip-git-repo-check \"say hi\"[/bold]",
-                title="codexbridge",
+        with stop_on_sigterm():
+            upstream = check_upstream(args.upstream) if args.upstream else ""
+            check_installed()
+            check_port(args.host, args.port, "the listen address", "choose another with --port")
+            metrics = metrics_address(options)
+            if metrics is not None and metrics[1]:
+                check_port(metrics[0], metrics[1], "the metrics address", "choose another codexbridge_metrics")
+            upstream = upstream or start_demo_upstream(children)
+            cmd = mitmdump_command(upstream, args.port, options, host=args.host, quiet=args.quiet)
+            mitmdump = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            children.append(mitmdump)
+            if not wait_for_port(local, args.port, proc=mitmdump) or mitmdump.poll() is not None:
+                raise Failure(f"mitmdump did not start (exit code {mitmdump.poll()}); see its output above")
+            base_url = f"http://{local}:{args.port}/v1"
+            what = "the embedded demo upstream (no API key needed)" if not args.upstream else upstream
+            metrics_line = f"\nPrometheus metrics on http://{metrics[0]}:{metrics[1]}/metrics." if metrics else ""
+            console.print(
+                Panel.fit(
+                    f"codexbridge {__version__} listening on [bold]{base_url}[/bold], bridging to {escape(what)}."
+                    f"{metrics_line}\n"
+                    "Point Codex at it with this $CODEX_HOME/config.toml, then run e.g.\n"
+                    "[bold]OPENAI_API_KEY=sk-anything codex exec --skip-git-repo-check \"say hi\"[/bold]",
+                    title="codexbridge",
+                )
             )
-        )
-        console.print(Syntax(codex_config(base_url), "toml", theme="ansi_dark"))
-        while all(c.poll() is None for c in children):
-            time.sleep(0.2)
-        return next((c.returncode for c in children if c.returncode), 0) or 0
+            console.print(Syntax(codex_config(base_url), "toml", theme="ansi_dark"))
+            while all(c.poll() is None for c in children):
+                time.sleep(0.2)
+            dead = next(c for c in children if c.poll() is not None)
+            return fail(f"{'mitmdump' if dead is mitmdump else 'the demo upstream'} exited with {dead.returncode}")
+    except Failure as e:
+        return fail(str(e))
     except KeyboardInterrupt:
         return 0
     finally:
-        for c in reversed(children):
-            if c.poll() is None:
-                c.send_signal(signal.SIGINT)
-        for c in reversed(children):
-            try:
-                c.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                c.kill()
+        stop_children(children)
+
+
+def cmd_scripts(args: argparse.Namespace) -> int:
+    """Prints the paths of the mitmdump entry scripts shipped in the package, for `mitmdump -s`."""
+    names = args.name or shipped_scripts()
+    try:
+        paths = [script_path(name) for name in names]
+    except SystemExit as e:
+        console.print(f"[red]{escape(str(e))}[/red] (shipped: {', '.join(shipped_scripts())})", soft_wrap=True)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+def shipped_scripts() -> list[str]:
+    folder = script_path("bridge").parent
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
 
 
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
@@ -70,7 +190,20 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
     argv = ["--host", args.host, "--port", str(args.port)]
     if args.log_requests:
         argv += ["--log-requests", args.log_requests]
-    upstream_main(argv)
+    if args.websocket:
+        argv.append("--websocket")
+    if args.tls_cert:
+        argv += ["--tls-cert", args.tls_cert]
+    if args.tls_key:
+        argv += ["--tls-key", args.tls_key]
+    if args.tls_key and not args.tls_cert:
+        return fail("--tls-key needs --tls-cert")
+    try:
+        upstream_main(argv)
+    except OSError as e:
+        return fail(f"the demo upstream cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -176,7 +309,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from codexbridge.tools.bench import run as bench_run
 
-    return bench_run(args)
+    with stop_on_sigterm():
+        return bench_run(args)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -198,10 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="Hide mitmdump's per-flow output.")
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo-upstream", help="Run the demo SSE-only Responses upstream on its own.")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=18080)
-    demo.add_argument("--log-requests", help="Append every received request as a JSON line to this file.")
+    scripts = sub.add_parser("scripts", help="Print the paths of the shipped mitmdump entry scripts, e.g. "
+                             "mitmdump -s \"$(codexbridge scripts bridge)\".")
+    scripts.add_argument("name", nargs="*", help="bridge, keepalive, record or metrics (default: all of them).")
+    scripts.set_defaults(func=cmd_scripts)
+
+    demo = sub.add_parser("demo-upstream", help="Run the demo Responses upstream (SSE only unless --websocket) on its own.")
+    demo.add_argument("--host", default="127.0.0.1", help="Listen address (default: %(default)s).")
+    demo.add_argument("--port", type=int, default=18080, help="Listen port (default: %(default)s).")
+    demo.add_argument("--log-requests", metavar="FILE", help="Append every received request as a JSON line to this file.")
+    demo.add_argument("--websocket", action="store_true", help="Also speak the Responses WebSocket mode on .../responses.")
+    demo.add_argument("--tls-cert", metavar="FILE", help="Serve HTTPS/WSS with this PEM certificate (chain).")
+    demo.add_argument("--tls-key", metavar="FILE", help="The PEM private key for --tls-cert.")
     demo.set_defaults(func=cmd_demo_upstream)
     replay = sub.add_parser("replay", help="Serve a recording as a mock upstream, or play its client side.")
     replay.add_argument("file", help="A recording (.jsonl).")
@@ -247,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", help="Configurations to run, from a,b,c,d,e (default: all).")
     bench.add_argument("--workloads", help="Workloads, from burst,paced,first,handshake,idle (default: all).")
     bench.add_argument("--json", metavar="FILE", help="Where to write all figures (default: codexbridge-bench.json).")
+    bench.add_argument("--metrics", action="store_true", help="Run the bridge and passthrough proxies with "
+                       "codexbridge_metrics on (to compare with a run without).")
     bench.set_defaults(func=cmd_bench)
     cluster = sub.add_parser("cluster", help="Run N bridge workers behind nginx (least_conn, WebSocket-aware).")
     cluster.add_argument("--workers", type=int, default=2, help="mitmdump workers (default: %(default)s).")
@@ -255,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--port", type=int, default=8080, help="nginx listen port (default: %(default)s).")
     cluster.add_argument("--set", action="append", metavar="OPTION=VALUE", help="A worker option, repeatable.")
     cluster.add_argument("-q", "--quiet", action="store_true", help="Workers log no per-flow lines.")
+    cluster.add_argument("--metrics", action="store_true", help="Each worker serves Prometheus metrics on a "
+                         "127.0.0.1 port of its own (printed).")
     cluster.add_argument("--print-config", action="store_true", help="Print the nginx config and exit (backends "
                          "127.0.0.1:PORT+1.. unless --backend is given; paths relative to nginx -p DIR).")
     cluster.add_argument("--backend", action="append", metavar="HOST:PORT", help="With --print-config: a worker "

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from codexbridge.tools.procs import Child, child_pids, free_port, listening, mitmdump_command, wait_for_port
+from codexbridge.tools.procs import (
+    Child,
+    child_pids,
+    die_with_parent,
+    free_port,
+    listening,
+    mitmdump_command,
+    port_in_use,
+    wait_for_port,
+)
 
 _ADDRESS = re.compile(r"^(unix:/[^\s;{}'\"]+|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):\d{1,5})$")
 
@@ -111,7 +120,8 @@ class Cluster:
 
     def __init__(self, upstream: str, workers: int = 2, port: int = 8080, *, host: str = "127.0.0.1",
                  options: Sequence[str] = (), directory: str | Path | None = None, nginx: str | None = None,
-                 quiet: bool = False, nginx_workers: int | str = "auto", startup_timeout: float = 60.0) -> None:
+                 quiet: bool = False, nginx_workers: int | str = "auto", startup_timeout: float = 60.0,
+                 metrics: bool = False) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.upstream, self.workers, self.port, self.host = upstream, workers, port, host
@@ -122,6 +132,8 @@ class Cluster:
         self.startup_timeout = startup_timeout
         self.procs: list[Child] = []
         self.worker_ports: list[int] = []
+        self.metrics = metrics  # each worker serves its Prometheus metrics on a port of its own
+        self.metrics_ports: list[int] = []
 
     @property
     def base_url(self) -> str:
@@ -137,7 +149,8 @@ class Cluster:
 
     def _spawn(self, name: str, cmd: list[str], port: int) -> Child:
         with open(self.dir / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=die_with_parent)
         self.procs.append(Child(name, proc, port, self.dir / f"{name}.log"))
         return self.procs[-1]
 
@@ -160,10 +173,14 @@ class Cluster:
         if self.directory is None:
             self.dir, self._made_dir = Path(tempfile.mkdtemp(prefix="codexbridge-cluster-")).resolve(), True
         self.dir.mkdir(parents=True, exist_ok=True)
+        if port_in_use(self.host, self.port):
+            raise RuntimeError(f"{self.host}:{self.port} is already in use (choose another with --port)")
         self.worker_ports = [free_port() for _ in range(self.workers)]
+        self.metrics_ports = [free_port() for _ in range(self.workers)] if self.metrics else []
         deadline = time.monotonic() + self.startup_timeout
         try:
-            cmds = [mitmdump_command(self.upstream, p, self.options, quiet=self.quiet) for p in self.worker_ports]
+            cmds = [mitmdump_command(self.upstream, p, [*self.options, *self._metrics_option(i)], quiet=self.quiet)
+                    for i, p in enumerate(self.worker_ports)]
             confdir = next((o.split("=", 1)[1] for o in self.options if o.startswith("confdir=")), "~/.mitmproxy")
             if not (Path(confdir).expanduser() / "mitmproxy-ca.pem").exists():  # one worker creates the CA
                 self._wait([self._spawn("worker-1", cmds[0], self.worker_ports[0])], deadline)
@@ -181,6 +198,9 @@ class Cluster:
             self.stop()
             raise
         return self
+
+    def _metrics_option(self, worker: int) -> list[str]:
+        return [f"codexbridge_metrics=127.0.0.1:{self.metrics_ports[worker]}"] if self.metrics else []
 
     def pids(self) -> dict[str, list[int]]:
         """Process ids by role: each worker, and nginx (master first, then its worker processes)."""
@@ -218,6 +238,7 @@ class Cluster:
 
 def run(args: Any) -> int:
     """`codexbridge cluster`: print the nginx config, or run the cluster in the foreground until Ctrl-C."""
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.syntax import Syntax
 
@@ -237,19 +258,24 @@ def run(args: Any) -> int:
     demo: subprocess.Popen[bytes] | None = None
     upstream = args.upstream
     try:
+        if port_in_use(args.host, args.port):
+            raise RuntimeError(f"{args.host}:{args.port} is already in use (choose another with --port)")
         if not upstream:
             port = free_port()
-            demo = subprocess.Popen([sys.executable, "-m", "codexbridge.tools.demo_upstream", "--port", str(port)])
+            demo = subprocess.Popen([sys.executable, "-m", "codexbridge.tools.demo_upstream", "--port", str(port)],
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
             if not wait_for_port("127.0.0.1", port):
                 console.print("[red]the demo upstream did not start[/red]")
                 return 1
             upstream = f"http://127.0.0.1:{port}"
         with Cluster(upstream, args.workers, args.port, host=args.host, options=args.set or [],
-                     quiet=args.quiet) as cluster:
+                     quiet=args.quiet, metrics=args.metrics) as cluster:
+            metrics = "".join(f"\nworker-{i + 1} metrics: http://127.0.0.1:{port}/metrics"
+                              for i, port in enumerate(cluster.metrics_ports))
             console.print(Panel.fit(
                 f"codexbridge {__version__} cluster on [bold]{cluster.base_url}[/bold]: nginx (least_conn) in front "
                 f"of {args.workers} worker(s) on 127.0.0.1 port(s) {', '.join(map(str, cluster.worker_ports))}, "
-                f"bridging to {args.upstream or 'the embedded demo upstream (no API key needed)'}.\n"
+                f"bridging to {args.upstream or 'the embedded demo upstream (no API key needed)'}.{metrics}\n"
                 f"Config and logs in {cluster.dir}. Ctrl-C stops everything.", title="codexbridge cluster"))
             console.print(Syntax(codex_config(cluster.base_url), "toml", theme="ansi_dark"))
             while (dead := cluster.failed()) is None and (demo is None or demo.poll() is None):
@@ -259,7 +285,7 @@ def run(args: Any) -> int:
     except KeyboardInterrupt:
         return 0
     except RuntimeError as e:
-        console.print(f"[red]the cluster did not start[/red]: {e}")
+        console.print(f"[red]codexbridge: the cluster did not start: {escape(str(e))}[/red]", soft_wrap=True)
         return 1
     finally:
         if demo is not None and demo.poll() is None:

@@ -96,3 +96,22 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+def die_with_parent() -> None:
+    """A child's preexec_fn: the child gets SIGTERM when the tool that started it dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Something holds host:port (listening or bound), so a server started on it now would fail to bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mitmproxy and nginx bind: TIME_WAIT is no obstacle
+        try:
+            s.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError:
+            return True
+    return False
