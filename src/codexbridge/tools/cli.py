@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rich.markup import escape
@@ -28,6 +30,9 @@ from codexbridge.tools.procs import (
     script_path,
     wait_for_port,
 )
+
+if TYPE_CHECKING:
+    from codexbridge.recording.schema import Recording
 
 # What the shipped scripts import: checked before mitmdump starts, so that a missing dependency is one clear line.
 ADDON_MODULES = ("codexbridge.addons.bridge", "codexbridge.addons.keepalive", "codexbridge.addons.recorder",
@@ -207,13 +212,31 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_recordings(paths: list[str]) -> Recording:
+    """One recording, or several (files, or directories of .jsonl files in name order, which is start-time order)
+    served as one: the first one's header, every file's events in turn."""
+    from codexbridge.recording.schema import Recording, load
+
+    files: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        files += sorted(map(str, folder.glob("*.jsonl"))) if folder.is_dir() else [path]
+    if not files:
+        raise ValueError(f"no .jsonl recording in {', '.join(paths)}")
+    recordings = [load(f) for f in files]
+    if len(recordings) == 1:
+        return recordings[0]
+    return Recording(header=recordings[0].header, events=[e for r in recordings for e in r.events])
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from codexbridge.recording.schema import load
-
-    recording = load(args.file)
+    try:
+        recording = load_recordings(args.file)
+    except (OSError, ValueError) as e:
+        return fail(f"cannot read the recording: {e}")
     if args.against:
         from codexbridge.replay.client import replay_client
 
@@ -234,7 +257,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     async def serve() -> None:
         port = await server.start(args.host, args.port)
         console.print(
-            f"serving [bold]{args.file}[/bold] ({server.report.posts_total} POSTs, {server.report.turns_total} "
+            f"serving [bold]{escape(' '.join(args.file))}[/bold] ({server.report.posts_total} POSTs, {server.report.turns_total} "
             f"WebSocket turns) on http://{args.host}:{port}/v1 — Ctrl-C to stop"
         )
         stop = asyncio.Event()
@@ -346,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tls-key", metavar="FILE", help="The PEM private key for --tls-cert.")
     demo.set_defaults(func=cmd_demo_upstream)
     replay = sub.add_parser("replay", help="Serve a recording as a mock upstream, or play its client side.")
-    replay.add_argument("file", help="A recording (.jsonl).")
+    replay.add_argument("file", nargs="+", help="A recording (.jsonl); several files, or a directory of them, are "
+                        "served one after the other (one file per HTTP exchange, as recorded in HTTP mode).")
     replay.add_argument("--serve", action="store_true", help="Be the upstream: answer POST+SSE and WebSocket mode.")
     replay.add_argument("--against", metavar="WS_URL", help="Be the client: send the recorded frames to this "
                         "bridge and compare every frame it sends back.")
