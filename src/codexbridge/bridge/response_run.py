@@ -40,7 +40,8 @@ _MAX_ERROR_BODY = 64 * 1024
 
 
 class Downstream:
-    """Where a response's frames go: written at once, with a way to wait for a slow client."""
+    """Where a session's frames go: emit() writes at once (one call per upstream read on the hot path);
+    send() also waits while the client is slower than what it is sent."""
 
     def __init__(self, emit: Callable[[list[bytes], bool], bool], congested: Callable[[], bool],
                  drained: Callable[[], Awaitable[bool]]) -> None:
@@ -54,11 +55,14 @@ class Downstream:
 
 
 class ResponseRun:
-    """Streams one upstream response to one lane; knows its id once the upstream names it."""
+    """Streams one upstream response to one lane; knows its id once the upstream names it.
+
+    It settles once, through `on_settle`: at its terminal event (from the upstream read that carried it), or,
+    when it has none (an error, a truncated stream, a cancel), when run() ends."""
 
     def __init__(self, prepared: PreparedRequest, lane: str | None, pool: UpstreamPool, settings: UpstreamSettings,
                  url: str, headers: list[tuple[str, str]], downstream: Downstream,
-                 recorder: RemoteRecorder | None) -> None:
+                 recorder: RemoteRecorder | None, on_settle: Callable[[ResponseRun], None]) -> None:
         self.prepared = prepared
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)
@@ -74,8 +78,7 @@ class ResponseRun:
         self._prefix = stream_prefix(lane) if lane is not None else None
         self._decoder = SseDecoder()
         self._conn: Connection | None = None  # the upstream connection, once its response head is in
-        self.on_terminal: Callable[[], None] | None = None  # called once, right after the terminal event went out
-        self.settled = False  # set by the session once the response is stored and its lane freed
+        self._on_settle = on_settle
         self._exchange: Exchange | None = None
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
@@ -107,6 +110,20 @@ class ResponseRun:
             self._begin_error = e
 
     async def run(self) -> None:
+        """The whole response, ending with an error frame when it failed before its terminal event; never raises
+        but CancelledError. Settles it here when no terminal event did."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never let one response take the session or the proxy down
+            log.exception("bridge error: %s", e)
+            await self.error(error_frame(500, "bridge_error", f"codexbridge internal error: {e}"))
+        finally:
+            if self.tracker.terminal is None:  # else it settled at the terminal event, in _on_body
+                self._on_settle(self)
+
+    async def _run(self) -> None:
         if self._exchange is None and self._begin_error is None:
             self.begin()
         try:
@@ -201,8 +218,8 @@ class ResponseRun:
                 tracker.observe(json.loads(data), len(data))
             except ValueError:
                 pass
-        if terminal is None and tracker.terminal is not None and self.on_terminal is not None:
-            self.on_terminal()
+        if terminal is None and tracker.terminal is not None:
+            self._on_settle(self)  # right after the terminal event went out
         if sent and self._draining is None and self._down.congested():
             assert self._conn is not None
             self._conn.pause()

@@ -28,9 +28,9 @@ log = logging.getLogger("codexbridge.bridge.session")
 
 
 class ClientChannel(Protocol):
-    """The downstream side, implemented by the mitmproxy glue."""
+    """The client side, implemented by the mitmproxy glue (mitm.outbox.ClientOutbox)."""
 
-    def write(self, frames: list[bytes], synthetic: bool = False) -> bool:
+    def send(self, frames: list[bytes], synthetic: bool = False) -> bool:
         """Sends text frames now, in order; False when the client cannot be written to."""
 
     def congested(self) -> bool:
@@ -94,31 +94,34 @@ class BridgeSession:
         self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
         self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
         self._steer_ids = 0
+        # every frame to the client, relayed or made here, leaves through _emit (runs reach it through downstream)
         self.downstream = Downstream(self._emit, channel.congested, self._drained)
 
     # -- client side ------------------------------------------------------------------------
 
-    def on_client_text(self, text: str | bytes) -> list[bytes]:
-        """Handles one complete client text frame; returns frames to send right away."""
+    def on_client_text(self, text: str | bytes) -> None:
+        """Handles one complete client text frame; what it answers at once is sent before this returns."""
         self.stats.client_frames += 1
         try:
             frame = validate_client_frame(json.loads(text))
         except json.JSONDecodeError as e:
-            return [self._client_error(ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}"))]
+            self._client_error(ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}"))
+            return
         except ClientFrameError as e:
-            return [self._client_error(e)]
+            self._client_error(e)
+            return
         kind = frame["type"]
         if kind == "response.create":
-            return self._create(frame, len(text))
-        if kind == "response.steer":
-            return self._steer(frame)
-        log.debug("ignoring client event %r", kind)
-        return []
+            self._create(frame, len(text))
+        elif kind == "response.steer":
+            self._emit([self._steer(frame)], True)
+        else:
+            log.debug("ignoring client event %r", kind)
 
-    def on_client_error(self, error: ClientFrameError) -> list[bytes]:
+    def on_client_error(self, error: ClientFrameError) -> None:
         """A frame the glue rejected before parsing (binary, oversized)."""
         self.stats.client_frames += 1
-        return [self._client_error(error)]
+        self._client_error(error)
 
     def on_client_closed(self) -> None:
         """The client connection ended (close frame or dropped socket)."""
@@ -139,7 +142,7 @@ class BridgeSession:
 
     # -- response.create --------------------------------------------------------------------
 
-    def _create(self, frame: dict[str, Any], size: int) -> list[bytes]:
+    def _create(self, frame: dict[str, Any], size: int) -> None:
         lane_id = None
         try:
             lane_id = steering.check_stream_id(frame.get("stream_id"))
@@ -154,7 +157,8 @@ class BridgeSession:
             frame = self._with_pending_steers(frame)
             prepared = self.conversation.prepare({k: v for k, v in frame.items() if k != "stream_id"})
         except ClientFrameError as e:
-            return [self._client_error(e, lane_id)]
+            self._client_error(e, lane_id)
+            return
         prepared.history_bytes += size
         log.debug(
             "stage=response_create lane=%s previous_response_id=%s new_items=%d full_items=%d generate=%s",
@@ -162,10 +166,10 @@ class BridgeSession:
             prepared.generate,
         )
         if not prepared.generate and lane.active is None and not lane.waiting:
-            return self._prewarm(prepared, lane_id)
+            self._emit(self._prewarm(prepared, lane_id), True)
+            return
         lane.waiting.append(prepared)
         self._schedule(lane)
-        return []
 
     def _lane(self, lane_id: str | None) -> Lane:
         lane = self.lanes.get(lane_id)
@@ -177,6 +181,7 @@ class BridgeSession:
         return lane
 
     def _prewarm(self, prepared: PreparedRequest, lane_id: str | None) -> list[bytes]:
+        """A generate:false create is answered here, without the upstream: its frames, and its id remembered."""
         response_id = synthetic_response_id(dumps(prepared.body))
         self.conversation.remember(response_id, prepared.full_input, prepared.history_bytes, lane_id)
         self.stats.responses += 1
@@ -184,7 +189,6 @@ class BridgeSession:
         if lane_id is not None:
             prefix = steering.stream_prefix(lane_id)
             frames = [steering.tag(f, prefix) for f in frames]
-        self._count(frames)
         return frames
 
     def _schedule(self, lane: Lane | None = None) -> None:
@@ -206,46 +210,40 @@ class BridgeSession:
 
     def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
         run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
-                          self.request_headers, self.downstream, self.recorder)
-        run.on_terminal = partial(self._settle, run, lane)
+                          self.request_headers, self.downstream, self.recorder, partial(self._settle, lane))
         lane.active = run
         first = not self.runs
         self.runs.add(run)
         run.begin()  # the request goes out before the task and the keepalive bookkeeping
-        run.task = asyncio.get_running_loop().create_task(self._respond(run, lane), name="codexbridge response")
+        run.task = asyncio.get_running_loop().create_task(run.run(), name="codexbridge response")
+        run.task.add_done_callback(partial(self._ended, run, lane))
         if first and run in self.runs:  # (an eager task may already have finished it)
             self.channel.response_state(True)
         return run
 
-    async def _respond(self, run: ResponseRun, lane: Lane) -> None:
-        try:
-            await run.run()
-        except asyncio.CancelledError:
+    def _ended(self, run: ResponseRun, lane: Lane, task: asyncio.Task[None]) -> None:
+        """A response's task is over (its run settled it), or was cancelled, even before it started: its active
+        slot goes to waiting work."""
+        if task.cancelled():
             log.debug("upstream request cancelled")
-        except Exception as e:  # never let one session take the proxy down
-            log.exception("bridge error: %s", e)
-            await run.error(error_frame(500, "bridge_error", f"codexbridge internal error: {e}"))
-        finally:
-            self.stats.responses += 1
-            self.runs.discard(run)
-            try:
-                self._settle(run, lane)
-            finally:
-                if not self.runs:
-                    self.channel.response_state(False)
-                if self.client_gone:
-                    if not self.runs:
-                        self._finish()
-                else:
-                    self._schedule(lane)
+        elif task.exception() is not None:  # run() reports its own failures: this is a bug
+            log.error("bridge error", exc_info=task.exception())
+        self.stats.responses += 1
+        if run.failed_status is not None:
+            self.stats.errors += 1
+        self.runs.discard(run)
+        if not self.runs:
+            self.channel.response_state(False)
+        if self.client_gone:
+            if not self.runs:
+                self._finish()
+        else:
+            self._schedule(lane)
 
-    def _settle(self, run: ResponseRun, lane: Lane) -> None:
-        """Once per response, at its terminal event (the client may send its next create right after it, even
-        while the upstream body is still ending) or at its end: stores a completed response, applies the
-        same-lane eviction rule, settles steering, and frees the lane."""
-        if run.settled:
-            return
-        run.settled = True
+    def _settle(self, lane: Lane, run: ResponseRun) -> None:
+        """Called by the run, once: at its terminal event (the client may send its next create right after it,
+        even while the upstream body is still ending), or at its end when it had none. Stores a completed
+        response, applies the same-lane eviction rule, settles steering, and frees the lane."""
         if lane.active is run:
             lane.active = None
         tracker = run.tracker
@@ -257,32 +255,33 @@ class BridgeSession:
             self.conversation.forget(parent)  # a same-lane continuation that errored evicts its parent
         if run.steers and not self.client_gone:
             self._settle_steers(run, lane)
-        if not self.client_gone and run.task is not None and not run.task.done():
+        if not self.client_gone:
             self._schedule(lane)  # the lane's next create need not wait for the end of this body
 
     # -- response.steer ---------------------------------------------------------------------
 
-    def _steer(self, frame: dict[str, Any]) -> list[bytes]:
+    def _steer(self, frame: dict[str, Any]) -> bytes:
+        """The answer to a response.steer: accepted (held for the running response), or failed."""
         raw_target = frame.get("previous_response_id")
         target = raw_target if isinstance(raw_target, str) else ""
         try:
             target, items = steering.steer_input(frame)
         except SteerError as e:
-            return [steering.failed(e.code, e.message, target, frame.get("input"), 0)]
+            return steering.failed(e.code, e.message, target, frame.get("input"), 0)
         run = next((r for r in self.runs if r.response_id == target and r.tracker.terminal is None), None)
         if run is None:
             code, why = (("response_already_completed", "The response completed and no longer accepts steering input.")
                          if target in self.conversation else
                          ("response_not_found", f"No active response '{target}' on this connection."))
-            return [steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target))]
+            return steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target))
         if len(run.steers) >= 16:
-            return [steering.failed("too_many_pending_steers", "Too much steering input is pending for the response.",
-                                    target, frame.get("input"), 0, lane=run.lane)]
+            return steering.failed("too_many_pending_steers", "Too much steering input is pending for the response.",
+                                   target, frame.get("input"), 0, lane=run.lane)
         self._steer_ids += 1
         steer = Steer(f"steer_cb_{self._steer_ids}", target, items, run.lane, frame.get("input"))
         run.steers.append(steer)
         log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
-        return [steering.accepted(steer, run.tracker.last_sequence + 1)]
+        return steering.accepted(steer, run.tracker.last_sequence + 1)
 
     def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
         tracker = run.tracker
@@ -321,25 +320,21 @@ class BridgeSession:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _client_error(self, error: ClientFrameError, lane: str | None = None) -> bytes:
+    def _client_error(self, error: ClientFrameError, lane: str | None = None) -> None:
         self.stats.errors += 1
         frame = error_frame(error.status, error.code, error.message, param=error.param)
         if lane is not None:
             frame = steering.tag(frame, steering.stream_prefix(lane))
-        self._count([frame])
-        return frame
-
-    def _count(self, frames: list[bytes]) -> None:
-        self.stats.server_frames += len(frames)
-        self.stats.server_bytes += sum(map(len, frames))
+        self._emit([frame], True)
 
     def _emit(self, frames: list[bytes], synthetic: bool = False) -> bool:
+        """The session's one way to its client: relayed batches (one per upstream read) and synthetic frames."""
         if self.client_gone:
             return False
-        if synthetic and frames and b'"type":"error"' in frames[0][:40]:
-            self.stats.errors += 1
-        self._count(frames)
-        if not self.channel.write(frames, synthetic):
+        stats = self.stats
+        stats.server_frames += len(frames)
+        stats.server_bytes += sum(map(len, frames))
+        if not self.channel.send(frames, synthetic):
             self.on_client_closed()
             return False
         return True

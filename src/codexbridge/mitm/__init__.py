@@ -4,11 +4,11 @@ from codexbridge.mitm.compat import IncompatibleMitmproxy, check_internals
 
 check_internals()
 
-from codexbridge.mitm.channel import MitmChannel  # noqa: E402 - only once the internals are known to be there
-from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402
+from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402 - only once the internals are known to be there
+from codexbridge.mitm.outbox import ClientOutbox  # noqa: E402
 from codexbridge.mitm.plans import BridgeHooks, FlowMeter, FlowPlan, detach_server, forget_flow, plan_flow, plan_of  # noqa: E402
 
 __all__ = [
-    "BridgeHooks", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "MitmChannel", "check_internals",
+    "BridgeHooks", "ClientOutbox", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "check_internals",
     "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "uninstall",
 ]

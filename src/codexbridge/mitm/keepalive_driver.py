@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
-from codexbridge.mitm.channel import MitmChannel
-from codexbridge.mitm.messages import BridgeInjected, placeholder_message
+import wsproto.events as wse
+
+from codexbridge.mitm.outbox import ClientOutbox
 from codexbridge.responses.keepalive import TEXT_KEEPALIVE_FRAME, Action, KeepalivePolicy, KeepaliveState
-
-if TYPE_CHECKING:
-    from codexbridge.mitm.layer import CodexWebsocketLayer
 
 log = logging.getLogger("codexbridge.mitm")
 
 
 class KeepaliveDriver:
-    """Runs one flow's keepalive schedule on the event loop: a timer, and injected pings/closes."""
+    """Runs one flow's keepalive schedule on the event loop: a timer, told of every write by the flow's outbox,
+    and pings, text keepalives and closes sent through it."""
 
-    def __init__(self, layer_: CodexWebsocketLayer, policy: KeepalivePolicy) -> None:
-        self.layer = layer_
+    def __init__(self, outbox: ClientOutbox, policy: KeepalivePolicy, peer: Any) -> None:
+        self.outbox = outbox
+        self.peer = peer  # for the log
         self.state = KeepaliveState(policy)
         self.loop = asyncio.get_running_loop()
-        self.channel = layer_.plan.channel or MitmChannel(layer_.flow)
-        self.channel.keepalive = self
+        outbox.keepalive = self
         self.counters = (0, 0)  # frames, bytes written to the client
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
@@ -48,10 +47,10 @@ class KeepaliveDriver:
         if not self.state.owns(payload):
             return False
         rtt = self.state.pong(payload, self.loop.time())
-        if self.layer.recorder is not None:
-            self.layer.recorder.pong(payload, rtt)
+        if self.outbox.recorder is not None:
+            self.outbox.recorder.pong(payload, rtt)
         if rtt is not None:
-            log.debug("stage=downstream_ping_ok client=%s rtt_ms=%.1f", self.layer.context.client.peername, rtt * 1000)
+            log.debug("stage=downstream_ping_ok client=%s rtt_ms=%.1f", self.peer, rtt * 1000)
         return True
 
     def stop(self) -> None:
@@ -73,18 +72,14 @@ class KeepaliveDriver:
 
     def _fire(self) -> None:
         self._timer = None
-        peer = self.layer.context.client.peername
+        outbox = self.outbox
         for action in self.state.due(self.loop.time()):
             if action is Action.PING:
-                self._inject(BridgeInjected(self.layer.flow, placeholder_message(), ping=self.state.ping_payload))
+                outbox.send(control=wse.Ping(self.state.ping_payload))
             elif action is Action.TEXT:
-                log.debug("stage=text_keepalive client=%s", peer)
-                self._inject(BridgeInjected(self.layer.flow, placeholder_message(), frames=[TEXT_KEEPALIVE_FRAME],
-                                            synthetic=True, keepalive=True))
+                log.debug("stage=text_keepalive client=%s", self.peer)
+                outbox.send([TEXT_KEEPALIVE_FRAME], True, keepalive=True)
             elif action is Action.PONG_TIMEOUT:
-                log.info("stage=downstream_ping_timeout client=%s timeout=%ss", peer, self.state.policy.ping_timeout)
-                self._inject(BridgeInjected(self.layer.flow, placeholder_message(), close=(1011, "pong timeout")))
+                log.info("stage=downstream_ping_timeout client=%s timeout=%ss", self.peer, self.state.policy.ping_timeout)
+                outbox.send(control=wse.CloseConnection(1011, "pong timeout"))
         self._arm()
-
-    def _inject(self, event: BridgeInjected) -> None:
-        self.loop.create_task(self.channel.inject(event))

@@ -1,13 +1,14 @@
 """The WebSocket layer codexbridge installs in mitmproxy: the stock relay plus keepalive for relayed flows,
-a local server for bridged ones, and the socket take-overs of the fast paths."""
+a local server for bridged ones, and the socket take-overs of the fast paths. Everything it sends to the
+client goes through the flow's ClientOutbox."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
 import wsproto
 import wsproto.events as wse
@@ -19,30 +20,36 @@ from mitmproxy.proxy.utils import expect
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from codexbridge.mitm.channel import DirectReader, MitmChannel, wsproto_idle
+from codexbridge.mitm.channel import DirectReader, wsproto_idle
 from codexbridge.mitm.keepalive_driver import KeepaliveDriver
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
+from codexbridge.mitm.outbox import ClientOutbox
 from codexbridge.mitm.plans import BridgeHooks, FlowPlan, forget_flow
 from codexbridge.responses.conversation import ClientFrameError
 from codexbridge.responses.events import TERMINAL_EVENTS, event_type
 from codexbridge.wire import wsread
-from codexbridge.wire.wsframes import encode_text_frame
 
 log = logging.getLogger("codexbridge.mitm")
 
 _stock_layer = ws_layers.WebsocketLayer
+_T = TypeVar("_T")
 
 
 class ClientWebsocket(ws_layers.WebsocketConnection):
-    """The client side of a flow: notes every write for the keepalive and consumes our pongs."""
+    """The client side of a flow: what mitmproxy's own relay (passthrough) writes to it goes through the flow's
+    outbox; pongs answering our pings are consumed here. (codexbridge's own frames go straight to the outbox.)"""
 
     keepalive: KeepaliveDriver | None = None
+    outbox: ClientOutbox | None = None
 
     def send2(self, event: wse.Event) -> commands.SendData:
-        command = super().send2(event)
-        if self.keepalive is not None:
-            self.keepalive.wrote(isinstance(event, wse.Message), len(command.data))
-        return command
+        data = self.send(event)
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.hold()
+            outbox.send(forwarded=data, data_frames=int(isinstance(event, wse.Message)))
+            data = outbox.take()
+        return commands.SendData(self.conn, data)
 
     def events(self) -> Generator[wse.Event]:
         for ws_event in super().events():
@@ -56,11 +63,12 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
     def __init__(self, context: Context, flow: http.HTTPFlow):
         super().__init__(context, flow)
-        self.plan = forget_flow(flow) or FlowPlan(message_hook=True)  # not ours: stock behaviour
-        if self.plan.channel is not None:
-            self.plan.channel.layer = self
+        plan = forget_flow(flow)
+        self.ours = plan is not None  # else: not a Codex session, stock behaviour
+        self.plan = plan or FlowPlan(message_hook=True)
         self.hooks = self.plan.hooks
         self.recorder = self.plan.recorder
+        self.outbox: ClientOutbox | None = self.plan.outbox  # bridged: made by the addon; relayed: at start
         self.keepalive: KeepaliveDriver | None = None
         self.client_gone = False
         self._incoming = 0
@@ -83,16 +91,27 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             self.server_ws = ws_layers.WebsocketConnection(wsproto.ConnectionType.CLIENT, [], conn=self.context.server)
             yield ws_layers.WebsocketStartHook(self.flow)
             self._handle_event = self.serve_bridged
+        client_ws = self.client_ws
+        assert isinstance(client_ws, ClientWebsocket)
+        why = ""
+        if self.outbox is None and self.ours:
+            try:
+                self.outbox = ClientOutbox(self.flow)
+            except ValueError as e:
+                why = str(e)
+        outbox = self.outbox
+        if outbox is not None:
+            response = self.flow.response
+            outbox.attach(client_ws, self.recorder,
+                          extensions=bool(response and response.headers.get("sec-websocket-extensions")))
+            client_ws.outbox = outbox
         policy = self.plan.keepalive
         if policy is not None and policy.enabled:
-            try:
-                self.keepalive = KeepaliveDriver(self, policy)
-            except ValueError as e:
+            if outbox is None:
                 log.warning("stage=keepalive_unavailable client=%s reason=%s; relaying without keepalive",
-                            self.context.client.peername, e)
+                            self.context.client.peername, why)
             else:
-                assert isinstance(self.client_ws, ClientWebsocket)
-                self.client_ws.keepalive = self.keepalive
+                self.keepalive = client_ws.keepalive = KeepaliveDriver(outbox, policy, self.context.client.peername)
         if self.hooks is None:
             self._take_over_server_reading()
 
@@ -103,7 +122,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, BridgeInjected):
-            yield from self._relay_injected(event)
+            yield from self._injected(event)
             return
         if self.client_gone:
             if isinstance(event, events.ConnectionEvent) and event.connection == self.context.server:
@@ -154,28 +173,6 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         elif not message.from_client and kind in TERMINAL_EVENTS:
             self.keepalive.response_ended()
 
-    def _relay_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
-        if self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
-            return
-        if event.frames:
-            self._record_out(event)
-            for payload in event.frames:
-                self.flow.websocket.messages.append(  # type: ignore[union-attr]
-                    WebSocketMessage(Opcode.TEXT, False, payload, injected=True)
-                )
-                yield self.client_ws.send2(wse.TextMessage(payload.decode()))
-        if event.ping is not None:
-            if self.recorder is not None:
-                self.recorder.ping(event.ping)
-            yield self.client_ws.send2(wse.Ping(event.ping))
-        if event.close is not None:
-            yield from self._close_client(*event.close)
-            if self.plan.drain and self.keepalive is not None and self.keepalive.state.in_flight:
-                log.info("stage=upstream_drain client left mid-response; reading the upstream to its end")
-                return
-            yield from self._close_server()
-            self._record_complete()
-
     def _drain_server(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.ConnectionClosed):
             self.server_ws.receive_data(None)
@@ -208,15 +205,15 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
     @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)
     def serve_bridged(self, event: events.Event) -> layer.CommandGenerator[None]:
-        hooks = self.hooks
-        assert hooks is not None
+        hooks, outbox = self.hooks, self.outbox
+        assert hooks is not None and outbox is not None
         if isinstance(event, BridgeInjected):
-            yield from self._send_injected(event)
+            yield from self._injected(event)
             return
         if isinstance(event, ws_layers.WebSocketMessageInjected):
             # inject.websocket from another addon: client-bound text goes out, the rest is ignored
             if not event.message.from_client:
-                yield from self._send_frames([event.message.content], synthetic=True)
+                yield from self._in_turn(outbox.send, [event.message.content], True)
             return
         if event.connection != self.context.client:  # type: ignore[attr-defined]
             return  # a server connection opened eagerly by mitmproxy: never used for bridged flows
@@ -225,7 +222,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             if isinstance(ws_event, wse.Message):
                 yield from self._client_message(ws_event, hooks)
             elif isinstance(ws_event, wse.Ping):
-                yield self.client_ws.send2(ws_event.response())
+                yield from self._in_turn(outbox.send, control=ws_event.response())
             elif isinstance(ws_event, wse.CloseConnection):
                 yield from self._close_client(ws_event.code, ws_event.reason or "", by_client=True)
                 return
@@ -235,11 +232,11 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     def _take_over_reading(self) -> None:
         """On a plain client connection, later bytes are read by a DirectReader: in the socket callback,
         without mitmproxy's reader task and layer pass. Done between two reads, so nothing is reordered."""
-        channel = self.plan.channel
-        if channel is None or not channel.direct or self.plan.message_hook or self.client_gone:
+        outbox = self.outbox
+        if outbox is None or not outbox.direct or self.plan.message_hook or self.client_gone:
             self._reader_tried = True
             return
-        installed = self._install_reader(channel, None, self.client_ws, self.direct_data)
+        installed = self._install_reader(None, self.client_ws, self.direct_data)
         if installed is not False:  # False: mitmproxy still holds bytes or half a frame; try after its next read
             self._reader_tried = True
         if installed:  # nothing can be delivered before this line: the reader's callback runs on a later turn
@@ -250,17 +247,10 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         bytes are read in the socket callback and their frames forwarded unchanged to the client."""
         response = self.flow.response
         if (self.plan.message_hook or self.client_gone or self.context.server.tls or self.context.client.tls
-                or response is None or response.headers.get("sec-websocket-extensions")):
+                or response is None or response.headers.get("sec-websocket-extensions") or self.outbox is None):
             self._server_reader_tried = True
             return
-        try:
-            channel = (self.plan.channel or (self.keepalive.channel if self.keepalive is not None else None)
-                       or MitmChannel(self.flow))
-        except ValueError:
-            self._server_reader_tried = True
-            return
-        channel.layer = self
-        installed = self._install_reader(channel, self.context.server, self.server_ws, self.direct_server_data)
+        installed = self._install_reader(self.context.server, self.server_ws, self.direct_server_data)
         if installed is not False:
             self._server_reader_tried = True
         if not installed:
@@ -269,11 +259,12 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         log.debug("stage=direct_relay client=%s: server frames are forwarded from the socket callback",
                   self.context.client.peername)
 
-    def _install_reader(self, channel: MitmChannel, connection: Any, ws: wsproto.Connection, deliver: Any) -> bool | None:
+    def _install_reader(self, connection: Any, ws: wsproto.Connection, deliver: Callable[[bytes], None]) -> bool | None:
         """Puts a DirectReader on a connection's transport at a frame boundary: True when done, False when
         mitmproxy still holds bytes or half a frame (try after its next read), None when this connection
         cannot be read directly."""
-        io = channel.connection_io(connection)
+        assert self.outbox is not None
+        io = self.outbox.connections.io(connection)
         reader = io.reader if io is not None else None
         transport = getattr(io.writer, "transport", None) if io is not None else None
         inner = transport.get_protocol() if transport is not None else None
@@ -283,17 +274,19 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             return None
         if pending or not wsproto_idle(ws):
             return False
-        transport.set_protocol(DirectReader(self, inner, channel, deliver))
+        transport.set_protocol(DirectReader(self, inner, deliver))
         return True
 
-    def direct_server_data(self, data: bytes, channel: MitmChannel) -> None:
+    def direct_server_data(self, data: bytes) -> None:
         """Server bytes from a DirectReader (passthrough): common frames go to the client as they came;
         from the first other frame on, and once the client is gone, the layers take the bytes as before."""
         fast = self._fast_server
+        outbox = self.outbox
+        assert outbox is not None
         if fast is None or not self._server_aligned or self.client_gone or self._handle_event != self.relay_messages:
-            channel.inject_now(events.DataReceived(self.context.server, data))
+            outbox.connections.feed_soon(events.DataReceived(self.context.server, data))
             return
-        channel.activity()
+        outbox.connections.activity()
         frames = fast.feed(data)
         if frames:
             messages = self.flow.websocket.messages  # type: ignore[union-attr]
@@ -309,41 +302,32 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                     continue  # a server Ping or Pong goes to the client as it came
                 messages.append(message)
                 self._observe(message)
-            wire = fast.consumed
-            if self.keepalive is not None:
-                self.keepalive.wrote(bool(texts), len(wire), texts)
-            channel.write_raw(wire, self.context.client)
+            outbox.send(forwarded=fast.consumed, data_frames=texts)
         if fast.stopped:
             rest, fast.rest, self._fast_server = fast.rest, b"", None
             if rest:
-                channel.inject_now(events.DataReceived(self.context.server, rest))
+                outbox.connections.feed_soon(events.DataReceived(self.context.server, rest))
 
-    def direct_data(self, data: bytes, channel: MitmChannel) -> None:
-        """Client bytes from a DirectReader: the same rules as serve_bridged, commands carried out here.
-        Common frames go through the fast reader; from the first other one on, wsproto reads."""
-        hooks = self.hooks
-        if hooks is None or self.client_gone:
+    def direct_data(self, data: bytes) -> None:
+        """Client bytes from a DirectReader: the same rules as serve_bridged, with what the session answers
+        written at once. Common frames go through the fast reader; from the first other one on, wsproto reads."""
+        hooks, outbox = self.hooks, self.outbox
+        if hooks is None or outbox is None or self.client_gone:
             return
-        channel.activity()
+        outbox.connections.activity()
         fast = self._fast
         if fast is not None:
             for frame in fast.feed(data):
                 if self.client_gone:
                     return
                 if frame.opcode == wsread.PING:
-                    pong = wsread.pong_frame(frame.payload)
-                    if self.keepalive is not None:
-                        self.keepalive.wrote(False, len(pong))
-                    channel.write_raw(pong)
+                    outbox.send(control=wse.Pong(frame.payload))
                 elif frame.opcode == wsread.PONG:
                     if self.keepalive is not None:
                         self.keepalive.pong(frame.payload)
                 else:
                     self._note_client_frame(frame.payload, frame.text)
-                    out = self._bridge_client_frame(frame.text, hooks)
-                    wire = self.outgoing(out, True) if out else None
-                    if wire:
-                        channel.write_raw(wire)
+                    self._bridge_client_frame(frame.text, hooks)
             if not fast.stopped:
                 return
             data, fast.rest, self._fast = fast.rest, b"", None
@@ -352,18 +336,34 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self.client_ws.receive_data(data)
         for ws_event in self.client_ws.events():
             if isinstance(ws_event, wse.Message):
-                for command in self._client_message(ws_event, hooks):
-                    if not isinstance(command, commands.SendData):
-                        raise RuntimeError(f"unexpected command on the direct path: {command!r}")
-                    channel.write_raw(command.data)
+                complete = self._complete_message(ws_event, hooks)
+                if complete is not None:
+                    self._note_client_frame(*complete)
+                    self._bridge_client_frame(complete[1], hooks)
             elif isinstance(ws_event, wse.Ping):
-                channel.write_raw(self.client_ws.send2(ws_event.response()).data)
+                outbox.send(control=ws_event.response())
             elif isinstance(ws_event, wse.CloseConnection):
                 # the close handshake, websocket_end and the flow's end belong to the layers
-                channel.inject_now(BridgeInjected(self.flow, placeholder_message(), client_closed=ws_event))
+                outbox.connections.feed_soon(BridgeInjected(self.flow, placeholder_message(), client_closed=ws_event))
                 return
 
     def _client_message(self, ws_event: wse.Message, hooks: BridgeHooks) -> layer.CommandGenerator[None]:
+        """A client message read by wsproto in this layer's turn; what the session answers is yielded here."""
+        complete = yield from self._in_turn(self._complete_message, ws_event, hooks)
+        if complete is None:
+            return
+        content, text = complete
+        message = self._note_client_frame(content, text)
+        if self.plan.message_hook:
+            yield ws_layers.WebsocketMessageHook(self.flow)
+            if message.dropped or self.client_gone:
+                return
+            text = message.text if message.is_text else None
+        yield from self._in_turn(self._bridge_client_frame, text, hooks)
+
+    def _complete_message(self, ws_event: wse.Message, hooks: BridgeHooks) -> tuple[bytes, str | None] | None:
+        """Adds a piece of a client message read by wsproto: the message (content, and its text unless binary)
+        once complete; None before, or when it exceeds the size limit (the session answers an error then)."""
         buf = self.client_ws.frame_buf
         chunk = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
         self._incoming += len(chunk)
@@ -371,7 +371,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if not (limit and self._incoming > limit):
             buf[-1] += chunk
         if not ws_event.message_finished:
-            return
+            return None
         size, self._incoming = self._incoming, 0
         content = b"".join(buf)
         self.client_ws.frame_buf = [b""]
@@ -379,21 +379,11 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             self._frames_in += 1
             if self.recorder is not None:
                 self.recorder.error("client", f"client frame of {size} bytes over the limit was discarded")
-            out = hooks.on_client_error(
+            hooks.on_client_error(
                 ClientFrameError("frame_too_large", f"Client frame of {size} bytes exceeds the limit of {limit} bytes.")
             )
-            yield from self._send_frames(out, synthetic=True)
-            return
-        text = content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else None
-        message = self._note_client_frame(content, text)
-        if self.plan.message_hook:
-            yield ws_layers.WebsocketMessageHook(self.flow)
-            if message.dropped or self.client_gone:
-                return
-            text = message.text if message.is_text else None
-        out = self._bridge_client_frame(text, hooks)
-        if out:
-            yield from self._send_frames(out, synthetic=True)
+            return None
+        return content, (content.decode("utf-8", "replace") if isinstance(ws_event.data, str) else None)
 
     def _note_client_frame(self, content: bytes, text: str | None) -> WebSocketMessage:
         """Counts, records and keeps (for mitmweb and flow files) one complete client frame."""
@@ -405,52 +395,53 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         return message
 
     @staticmethod
-    def _bridge_client_frame(text: str | None, hooks: BridgeHooks) -> list[bytes]:
+    def _bridge_client_frame(text: str | None, hooks: BridgeHooks) -> None:
         if text is not None:
-            return hooks.on_client_text(text)
-        return hooks.on_client_error(ClientFrameError("binary_frame", "Binary frames are not supported; send JSON text frames."))
+            hooks.on_client_text(text)
+        else:
+            hooks.on_client_error(ClientFrameError("binary_frame", "Binary frames are not supported; send JSON text frames."))
 
-    def _send_injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+    # -- both -------------------------------------------------------------------------------
+
+    def _in_turn(self, send: Callable[..., _T], *args: Any, **kwargs: Any) -> layer.CommandGenerator[_T]:
+        """Calls `send` (anything that sends through the outbox) so that what it sends is yielded here, in order
+        with this layer's other commands (over TLS, the layers above encrypt it)."""
+        outbox = self.outbox
+        assert outbox is not None
+        outbox.hold()
+        try:
+            result = send(*args, **kwargs)
+        finally:
+            data = outbox.take()
+        if data:
+            yield commands.SendData(self.context.client, data)
+        return result
+
+    def _injected(self, event: BridgeInjected) -> layer.CommandGenerator[None]:
+        """What the outbox (a send the layers must encrypt, a close) or a DirectReader (the client's Close)
+        handed to this layer's turn."""
         if event.client_closed is not None:
             if not self.client_gone:
                 yield from self._close_client(event.client_closed.code, event.client_closed.reason or "", by_client=True)
             return
-        if event.frames:
-            yield from self._send_frames(event.frames, event.synthetic, event.keepalive)
-        if event.ping is not None and self.client_ws.state is wsproto.ConnectionState.OPEN:
-            if self.recorder is not None:
-                self.recorder.ping(event.ping)
-            yield self.client_ws.send2(wse.Ping(event.ping))
-        if event.close is not None and not self.client_gone:
-            yield from self._close_client(*event.close)
-
-    def _send_frames(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> layer.CommandGenerator[None]:
-        data = self.outgoing(frames, synthetic, keepalive)
-        if data is not None:
-            yield commands.SendData(self.context.client, data)
-
-    def outgoing(self, frames: list[bytes], synthetic: bool, keepalive: bool = False) -> bytes | None:
-        """The wire bytes of client-bound frames, with the flow, recorder and keepalive told; None when closed."""
-        if not frames or self.client_gone or self.client_ws.state is not wsproto.ConnectionState.OPEN:
-            return None
-        if self.recorder is not None:
-            if keepalive:
-                self.recorder.text_keepalive()
-            else:
-                self.recorder.to_client(frames, synthetic)
-        now = time.time()
-        self.flow.websocket.messages.extend(  # type: ignore[union-attr]
-            [server_text(payload, now, synthetic) for payload in frames])
-        data = b"".join(map(encode_text_frame, frames)) if len(frames) > 1 else encode_text_frame(frames[0])
-        if self.keepalive is not None:
-            self.keepalive.wrote(True, len(data), len(frames))
-        return data
-
-    # -- both -------------------------------------------------------------------------------
+        outbox = self.outbox
+        if self.client_gone or outbox is None or self.client_ws.state is not wsproto.ConnectionState.OPEN:
+            return
+        if event.close is None:
+            yield from self._in_turn(outbox.send, event.frames, event.synthetic, keepalive=event.keepalive,
+                                     control=event.control)
+            return
+        yield from self._close_client(*event.close)
+        if self.hooks is None:  # relayed: the upstream goes too, unless it is read to its end
+            if self.plan.drain and self.keepalive is not None and self.keepalive.state.in_flight:
+                log.info("stage=upstream_drain client left mid-response; reading the upstream to its end")
+                return
+            yield from self._close_server()
+            self._record_complete()
 
     def _close_client(self, code: int, reason: str, by_client: bool = False) -> layer.CommandGenerator[None]:
         ws = self.flow.websocket
-        assert ws is not None
+        assert ws is not None and self.outbox is not None
         self.client_gone = True
         ws.timestamp_end = time.time()
         ws.closed_by_client = by_client
@@ -458,8 +449,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         ws.close_reason = reason
         if self.recorder is not None:
             self.recorder.close(code, reason, "client" if by_client else "proxy")
-        if self.client_ws.state in (wsproto.ConnectionState.OPEN, wsproto.ConnectionState.REMOTE_CLOSING):
-            yield self.client_ws.send2(wse.CloseConnection(code, reason))
+        yield from self._in_turn(self.outbox.send, control=wse.CloseConnection(code, reason))
+        self.outbox.closed = True
         yield commands.CloseConnection(self.context.client)
         if self.hooks is not None:
             self._handle_event = self.done
@@ -467,13 +458,6 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self._ended()
         yield ws_layers.WebsocketEndHook(self.flow)
         self.flow.live = False
-
-    def _record_out(self, event: BridgeInjected) -> None:
-        if self.recorder is not None:
-            if event.keepalive:
-                self.recorder.text_keepalive()
-            else:
-                self.recorder.to_client(event.frames, event.synthetic)
 
     def _record_complete(self) -> None:
         if self.recorder is not None and self.hooks is None:

@@ -1,5 +1,5 @@
-"""WebSocket messages the glue makes for mitmproxy: one injected event for batches, pings and closes, and
-server text messages for the flow's list built without the constructor's overhead."""
+"""WebSocket messages the glue makes for mitmproxy: one injected event for what the layer must do in its turn,
+and server text messages for the flow's list built without the constructor's overhead."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from wsproto.frame_protocol import Opcode
 
 @dataclass
 class BridgeInjected(ws_layers.WebSocketMessageInjected):
-    """Frames, a ping or a close for a client, sent in one pass through the layers."""
+    """Something for the flow's layer to do in its own turn: a send to the client the layers must encrypt
+    (ClientOutbox.send's arguments), a close of the client, or a client Close read by a DirectReader."""
 
     frames: list[bytes] = field(default_factory=list)
     synthetic: bool = False
     keepalive: bool = False  # the frames are a text keepalive (recorded as such, not as output)
-    close: tuple[int, str] | None = None
-    ping: bytes | None = None
+    control: wse.Ping | wse.Pong | None = None  # (a close is asked for with `close`)
+    close: tuple[int, str] | None = None  # close the client with this code and reason
     client_closed: wse.CloseConnection | None = None  # read by a DirectReader: the layers must see it
 
 

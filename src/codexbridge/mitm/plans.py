@@ -12,16 +12,17 @@ from codexbridge.responses.conversation import ClientFrameError
 from codexbridge.responses.keepalive import KeepalivePolicy
 
 if TYPE_CHECKING:
-    from codexbridge.mitm.channel import MitmChannel
+    from codexbridge.mitm.outbox import ClientOutbox
 
 
 class BridgeHooks(Protocol):
-    """What a bridged flow's layer calls (implemented by session.BridgeSession)."""
+    """What a bridged flow's layer calls (implemented by session.BridgeSession); what they answer leaves through
+    the flow's outbox before they return."""
 
     max_frame_bytes: int
 
-    def on_client_text(self, text: str) -> list[bytes]: ...
-    def on_client_error(self, error: ClientFrameError) -> list[bytes]: ...
+    def on_client_text(self, text: str) -> None: ...
+    def on_client_error(self, error: ClientFrameError) -> None: ...
     def on_client_closed(self) -> None: ...
 
 
@@ -32,7 +33,7 @@ class FlowPlan:
     hooks: BridgeHooks | None = None  # None: relay to the upstream (passthrough)
     keepalive: KeepalivePolicy | None = None
     drain: bool = False  # passthrough: after a pong timeout, read the upstream to its terminal event
-    channel: MitmChannel | None = None
+    outbox: ClientOutbox | None = None  # bridged: made by the addon, which hands it to the session too
     recorder: RemoteRecorder | None = None
     message_hook: bool = False  # run websocket_message per message (bridged: client frames, before bridging)
     meter: FlowMeter | None = None  # plain counters for the metrics addon, told per frame and per ping
