@@ -6,7 +6,6 @@ import asyncio
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from support.codex import Codex, quiet_codex_config
 from support.mitmdump import TEST_OPTIONS, Mitmdump, start_mitmdump
 from support.processes import start_process
 from support.rawws import RawWebSocket
+from support.turns import turn
 from support.upstream import Upstream, start_replay_server, start_upstream
 
 KEEPALIVE = {"codexbridge_path", "codexbridge_ping_interval", "codexbridge_ping_timeout", "codexbridge_text_keepalive",
@@ -30,24 +30,6 @@ BRIDGE = {"codexbridge_path", "codexbridge_on_disconnect", "codexbridge_message_
           "codexbridge_stream_sse"}
 # Per-run values in the demo upstream's events: its response counter, random item ids, its clock.
 _VOLATILE = re.compile(r'resp_mock_\d+|(?:msg|fc|call)_[0-9a-f]+|"created_at":\d+')
-
-
-def create(text: str) -> dict[str, Any]:
-    return {"type": "response.create", "model": "m",
-            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]}
-
-
-async def turn(ws: RawWebSocket, text: str) -> list[str]:
-    """Sends one response.create and returns every frame up to its terminal event, as received."""
-    await ws.send_json(create(text))
-    frames = []
-    async with asyncio.timeout(15):
-        while True:
-            frame = await ws.messages.get()
-            assert isinstance(frame, str)
-            frames.append(frame)
-            if re.match(r'\{"type":"(response\.(completed|failed|incomplete)|error)"', frame):
-                return frames
 
 
 def start_with_scripts(tmp: Path, upstream: str, scripts: tuple[str, ...], *options: str) -> Mitmdump:
