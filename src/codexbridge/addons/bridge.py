@@ -229,7 +229,7 @@ class CodexBridge(CodexAddon):
             {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_token(key)},
         )
         registry.plan_websocket(flow)  # keepalive, recording and metrics of this session, by the addons loaded
-        session.recorder = plan.recorder
+        session.recorder, session.meter = plan.recorder, plan.meter
 
     def response(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get("codexbridge")

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
+    from codexbridge.bridge.response_run import ResponseRun
+
 log = logging.getLogger("codexbridge")
 
 # A terminal event read from the start of a frame (OpenAI puts "type" first): no JSON parse per event.
@@ -112,39 +114,31 @@ class Counts:
 
 
 class FlowMeter:
-    """One WebSocket flow's view of the counters (mitm.FlowMeter): told by the layer per frame and per ping,
-    by the bridge session per response. Relayed flows time their responses from the frames themselves."""
+    """One WebSocket flow's view of the counters (mitm.FlowMeter): told by the flow's outbox per write, by its
+    layer per client frame (and per relayed server frame), by its keepalive per pong, and by the bridge session
+    once per response. Relayed responses are timed from their response.create to their terminal event."""
 
-    __slots__ = ("counts", "created")
+    __slots__ = ("counts", "bridged", "created")
 
-    def __init__(self, counts: Counts) -> None:
+    def __init__(self, counts: Counts, bridged: bool) -> None:
         self.counts = counts
+        self.bridged = bridged
         self.created: deque[list[float | None]] = deque()  # relayed: [create time, first event time] per response
 
-    def client_frame(self, nbytes: int) -> None:
+    def client_frame(self, content: bytes) -> None:
         c = self.counts
         c.frames_in += 1
-        c.bytes_in += nbytes
+        c.bytes_in += len(content)
+        if not self.bridged and _CREATE.match(content) is not None:
+            self.created.append([time.monotonic(), None])
 
     def to_client(self, frames: int, nbytes: int) -> None:
         c = self.counts
         c.frames_out += frames
         c.bytes_out += nbytes
 
-    def relayed(self, from_client: bool, content: bytes) -> None:
-        """A frame mitmproxy relays (passthrough): counted, and responses timed from create to terminal event."""
-        c = self.counts
-        if from_client:
-            c.frames_in += 1
-            c.bytes_in += len(content)
-            if _CREATE.match(content) is not None:
-                self.created.append([time.monotonic(), None])
-            return
-        c.frames_out += 1
-        c.bytes_out += len(content)
-        self.server_event(content)
-
     def server_event(self, content: bytes) -> None:
+        """A relayed server frame: the first event and the terminal event of the oldest open response."""
         created = self.created
         if created and created[0][1] is None:
             created[0][1] = time.monotonic()
@@ -162,21 +156,31 @@ class FlowMeter:
             self.counts.bump(self.counts.responses, OUTCOMES[kind])
 
     def client_gone(self) -> None:
-        """The client left: responses still waiting for their terminal event end as client_gone."""
+        """The session ended: relayed responses still waiting for their terminal event end as client_gone."""
         now = time.monotonic()
         while self.created:
             started, first = self.created.popleft()
             assert started is not None
             self.counts.response_ended("client_gone", started, first, now)
 
-    def response_ended(self, outcome: str, started: float, first_event: float | None, error: bytes | None) -> None:
-        """A bridged response ended (told by the bridge session once per response)."""
-        if error is not None:
-            self.counts.error_frame(error)
-        self.counts.response_ended(outcome, started, first_event, time.monotonic())
+    def response_ended(self, run: ResponseRun, client_gone: bool) -> None:
+        """A bridged response is over (told by its session once)."""
+        c = self.counts
+        if run.upstream_status is not None:
+            c.bump(c.upstream_status, str(run.upstream_status))
+        if run.error_frame is not None:
+            c.error_frame(run.error_frame)
+        terminal = run.tracker.terminal
+        if client_gone:
+            outcome = "client_gone"
+        elif terminal is not None:
+            outcome = OUTCOMES.get(terminal, "error")
+        else:
+            outcome = "error"  # an error frame: upstream error, timeout, truncated stream
+        c.response_ended(outcome, run.started, run.first_event_at, time.monotonic())
 
-    def upstream_status(self, status: int) -> None:
-        self.counts.bump(self.counts.upstream_status, str(status))
+    def error_frame(self, frame: bytes) -> None:
+        self.counts.error_frame(frame)
 
     def pong(self, rtt: float) -> None:
         self.counts.ping_rtt.observe(rtt)
@@ -262,6 +266,7 @@ class Metrics(CodexAddon):
         self.server: WSGIServer | None = None
         self.address: tuple[str, int] | None = None
         self._http: dict[str, HttpExchange] = {}
+        self._meters: dict[str, FlowMeter] = {}  # WebSocket flows, until their end
 
     @property
     def on(self) -> bool:
@@ -312,7 +317,7 @@ class Metrics(CodexAddon):
             return
         plan = mitm.plan_of(flow)
         if plan.meter is None:
-            plan.meter = FlowMeter(self.counts)
+            plan.meter = self._meters[flow.id] = FlowMeter(self.counts, bridged=plan.hooks is not None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if not self.on or registry.bridge_off() or flow.response is None or not on_codex_path(flow):
@@ -335,6 +340,9 @@ class Metrics(CodexAddon):
             flow.metadata["codexbridge_metered"] = True
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
+        meter = self._meters.pop(flow.id, None)
+        if meter is not None:
+            meter.client_gone()
         if flow.metadata.pop("codexbridge_metered", None):
             self.counts.session_closed(self._mode(flow))
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,10 @@ class ResponseRun:
         self.tracker = ResponseTracker(prepared.full_input)
         self.steers: list[Steer] = []  # accepted steering input, committed by a successor
         self.failed_status: int | None = None  # status of the error frame this response ended with
+        self.error_frame: bytes | None = None  # that error frame (for the metrics)
+        self.upstream_status: int | None = None  # the upstream's answer, once its response head is in
+        self.started = time.monotonic()
+        self.first_event_at: float | None = None  # when its first event went to the client
         self.task: asyncio.Task[None] | None = None
         self._pool = pool
         self._settings = settings
@@ -93,6 +98,7 @@ class ResponseRun:
 
     async def error(self, frame: bytes) -> None:
         self.failed_status = json.loads(frame).get("status")
+        self.error_frame = frame
         await self._down.send(self.tagged([frame]), True)
 
     def begin(self) -> None:
@@ -173,6 +179,7 @@ class ResponseRun:
         """Records the response head (once); an event stream's body goes straight to the relay."""
         if self._conn is None:
             self._conn = conn
+            self.upstream_status = head.status
             if self._recorder is not None:
                 self._recorder.upstream_response(head.status, head.headers)
         if head.status == 200 and "text/event-stream" in head.get("content-type"):
@@ -212,6 +219,8 @@ class ResponseRun:
         if rec is not None and verbatim and batch:
             rec.relayed_next()
         sent = bool(batch) and self._down.emit(batch, False)
+        if sent and self.first_event_at is None:
+            self.first_event_at = time.monotonic()
         terminal = tracker.terminal
         for data in parse:
             try:

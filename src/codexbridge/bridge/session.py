@@ -43,6 +43,13 @@ class ClientChannel(Protocol):
         """Responses started or all ended (the text keepalive runs only in between)."""
 
 
+class ResponseMeter(Protocol):
+    """What a session tells the metrics addon: each response once, when its task is over; client errors."""
+
+    def response_ended(self, run: ResponseRun, client_gone: bool) -> None: ...
+    def error_frame(self, frame: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     upstream_url: str
@@ -89,6 +96,7 @@ class BridgeSession:
         self.closed = asyncio.Event()
         self.closed_callback: Callable[[BridgeSession], None] | None = None
         self.recorder: RemoteRecorder | None = None
+        self.meter: ResponseMeter | None = None  # the metrics addon's counters, told once per response
         self.lanes: dict[str | None, Lane] = {None: Lane(None)}
         self.runs: set[ResponseRun] = set()
         self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
@@ -231,6 +239,8 @@ class BridgeSession:
         self.stats.responses += 1
         if run.failed_status is not None:
             self.stats.errors += 1
+        if self.meter is not None:
+            self.meter.response_ended(run, task.cancelled() or (self.client_gone and run.tracker.terminal is None))
         self.runs.discard(run)
         if not self.runs:
             self.channel.response_state(False)
@@ -325,6 +335,8 @@ class BridgeSession:
         frame = error_frame(error.status, error.code, error.message, param=error.param)
         if lane is not None:
             frame = steering.tag(frame, steering.stream_prefix(lane))
+        if self.meter is not None:
+            self.meter.error_frame(frame)
         self._emit([frame], True)
 
     def _emit(self, frames: list[bytes], synthetic: bool = False) -> bool:

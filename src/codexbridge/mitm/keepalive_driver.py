@@ -50,6 +50,8 @@ class KeepaliveDriver:
         if self.outbox.recorder is not None:
             self.outbox.recorder.pong(payload, rtt)
         if rtt is not None:
+            if self.outbox.meter is not None:
+                self.outbox.meter.pong(rtt)
             log.debug("stage=downstream_ping_ok client=%s rtt_ms=%.1f", self.peer, rtt * 1000)
         return True
 
@@ -81,5 +83,7 @@ class KeepaliveDriver:
                 outbox.send([TEXT_KEEPALIVE_FRAME], True, keepalive=True)
             elif action is Action.PONG_TIMEOUT:
                 log.info("stage=downstream_ping_timeout client=%s timeout=%ss", self.peer, self.state.policy.ping_timeout)
+                if outbox.meter is not None:
+                    outbox.meter.pong_timeout()
                 outbox.send(control=wse.CloseConnection(1011, "pong timeout"))
         self._arm()

@@ -104,6 +104,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             response = self.flow.response
             outbox.attach(client_ws, self.recorder,
                           extensions=bool(response and response.headers.get("sec-websocket-extensions")))
+            outbox.meter = self.plan.meter
             client_ws.outbox = outbox
         policy = self.plan.keepalive
         if policy is not None and policy.enabled:
@@ -160,6 +161,12 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         """Counts client frames; tracks whether a response is in flight, for the text keepalive."""
         if message.from_client:
             self._frames_in += 1
+        meter = self.plan.meter
+        if meter is not None:
+            if message.from_client:
+                meter.client_frame(message.content)
+            else:
+                meter.server_event(message.content)
         if self.recorder is not None:
             if message.from_client:
                 self.recorder.client_frame(message.content if not message.is_text else message.text)
@@ -388,6 +395,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     def _note_client_frame(self, content: bytes, text: str | None) -> WebSocketMessage:
         """Counts, records and keeps (for mitmweb and flow files) one complete client frame."""
         self._frames_in += 1
+        if self.plan.meter is not None:
+            self.plan.meter.client_frame(content)
         if self.recorder is not None:
             self.recorder.client_frame(text if text is not None else content)
         message = WebSocketMessage(Opcode.TEXT if text is not None else Opcode.BINARY, True, content)

@@ -16,6 +16,7 @@ from codexbridge.wire.wsframes import encode_text_frame
 
 if TYPE_CHECKING:
     from codexbridge.mitm.keepalive_driver import KeepaliveDriver
+    from codexbridge.mitm.plans import FlowMeter
     from codexbridge.recording.pipe import RemoteRecorder
 
 _OPEN = wsproto.ConnectionState.OPEN
@@ -39,6 +40,7 @@ class ClientOutbox:
         self.ws: wsproto.Connection | None = None  # the client side, once the flow's layer started
         self.recorder: RemoteRecorder | None = None
         self.keepalive: KeepaliveDriver | None = None
+        self.meter: FlowMeter | None = None  # the metrics addon's counters, when it is on
         self.closed = False  # the layer closed the client side: nothing more goes out
         self.direct = not flow.client_conn.tls
         self._held: list[bytes] | None = None
@@ -107,6 +109,8 @@ class ClientOutbox:
     def _write(self, data: bytes, text: bool, frames: int, writer: asyncio.StreamWriter | None) -> bool:
         if self.keepalive is not None:
             self.keepalive.wrote(text, len(data), frames)
+        if self.meter is not None:
+            self.meter.to_client(frames, len(data))
         held = self._held
         if held is not None:
             held.append(data)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mitmproxy import http
 
+from codexbridge.bridge.session import ResponseMeter
 from codexbridge.recording.pipe import RemoteRecorder
 from codexbridge.responses.conversation import ClientFrameError
 from codexbridge.responses.keepalive import KeepalivePolicy
@@ -39,10 +40,11 @@ class FlowPlan:
     meter: FlowMeter | None = None  # plain counters for the metrics addon, told per frame and per ping
 
 
-class FlowMeter(Protocol):
-    """What a flow's layer and keepalive tell the metrics addon (implemented by addons.metrics.FlowMeter)."""
+class FlowMeter(ResponseMeter, Protocol):
+    """What a flow's layer, outbox, keepalive and bridge session tell the metrics addon (plain counters:
+    implemented by addons.metrics.FlowMeter)."""
 
-    def client_frame(self, nbytes: int) -> None: ...
+    def client_frame(self, content: bytes) -> None: ...
     def to_client(self, frames: int, nbytes: int) -> None: ...
     def server_event(self, content: bytes) -> None: ...
     def pong(self, rtt: float) -> None: ...

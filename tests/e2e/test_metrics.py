@@ -1,0 +1,139 @@
+"""Prometheus metrics after a scripted run of completed, failed, erroring and abandoned turns, scraped for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from codexbridge.tools.procs import free_port, mitmdump_command
+from support import wait_for
+from support.mitmdump import TEST_OPTIONS, Mitmdump
+from support.processes import start_process
+from support.rawws import RawWebSocket
+from support.turns import create, turn
+from support.upstream import Upstream
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def start(tmp: Path, upstream: str, scripts: tuple[str, ...], *options: str) -> tuple[Mitmdump, int]:
+    port, metrics = free_port(), free_port()
+    cmd = mitmdump_command(upstream, port, [*TEST_OPTIONS, f"codexbridge_metrics=127.0.0.1:{metrics}", *options],
+                           scripts=scripts)
+    return Mitmdump(start_process(cmd, port, tmp / f"mitmdump-{port}.log").child, upstream), metrics
+
+
+async def abandon(port: int, text: str) -> None:
+    """A turn the client leaves after its first event."""
+    ws = await RawWebSocket.connect(port)
+    await ws.send_json(create(text))
+    assert (await ws.recv_json())["type"] == "response.created"
+    ws.abort()
+
+
+def post_turn(base_url: str, text: str) -> bytes:
+    """Codex in HTTP mode: one streaming POST, read to its end."""
+    body = json.dumps({"model": "m", "stream": True, "input": text}).encode()
+    req = urllib.request.Request(f"{base_url}/responses", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer sk-test"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        return r.read()
+
+
+def settled(port: int, check: Callable[[Samples], bool]) -> Samples:
+    """The scrape once `check` holds (session ends reach the counters a moment after the client saw them)."""
+    found: list[Samples] = []
+
+    def ok() -> bool:
+        found[:] = [scrape(port)]
+        return check(found[0])
+
+    asyncio.run(wait_for(ok, 10))
+    return found[0]
+
+
+def test_bridge_metrics_count_completed_failed_erroring_and_abandoned_turns(tmp_path: Path, upstream: Upstream) -> None:
+    proxy, metrics = start(tmp_path, upstream.url, ("bridge",), "codexbridge_ping_interval=2",
+                           "codexbridge_ping_timeout=1")
+
+    async def go() -> None:
+        ws = await RawWebSocket.connect(proxy.port)
+        assert (await turn(ws, "one"))[-1].startswith('{"type":"response.completed"')
+        assert (await turn(ws, "[[failed]] two"))[-1].startswith('{"type":"response.failed"')
+        assert (await turn(ws, "[[error:429]] three"))[-1].startswith('{"type":"error"')
+        await asyncio.sleep(2.8)  # one ping, answered
+        await ws.close()
+        await abandon(proxy.port, "[[sleep:5]] slow")
+        deaf = await RawWebSocket.connect(proxy.port, answer_pings=False)
+        await turn(deaf, "then silence")
+        async with asyncio.timeout(8):
+            await deaf.closed.wait()  # closed for its late pong
+        assert deaf.close_code == 1011
+
+    try:
+        asyncio.run(go())
+        assert b"response.completed" in post_turn(proxy.base_url, "over http")
+        samples = settled(metrics, lambda s: value(s, "codexbridge_sessions_open", mode="bridge") == 0
+                          and value(s, "codexbridge_responses_total", outcome="client_gone") == 1)
+    finally:
+        proxy.stop()
+
+    assert value(samples, "codexbridge_sessions_total", mode="bridge") == 3
+    assert value(samples, "codexbridge_sessions_total", mode="http") == 1
+    assert value(samples, "codexbridge_sessions_open", mode="http") == 0
+    assert value(samples, "codexbridge_responses_total", outcome="completed") == 3  # one, then silence, over http
+    assert value(samples, "codexbridge_responses_total", outcome="failed") == 1
+    assert value(samples, "codexbridge_responses_total", outcome="error") == 1
+    assert value(samples, "codexbridge_responses_total", outcome="client_gone") == 1
+    assert value(samples, "codexbridge_error_frames_total", code="rate_limit_exceeded") == 1
+    assert value(samples, "codexbridge_upstream_responses_total", status="200") == 5
+    assert value(samples, "codexbridge_upstream_responses_total", status="429") == 1
+    assert value(samples, "codexbridge_response_duration_seconds_count") == 6
+    assert value(samples, "codexbridge_first_event_seconds_count") == 5  # the 429 had no event
+    assert value(samples, "codexbridge_ping_rtt_seconds_count") >= 1
+    assert value(samples, "codexbridge_pong_timeouts_total") == 1
+    assert value(samples, "codexbridge_frames_total", direction="from_client") == 5
+    assert value(samples, "codexbridge_frames_total", direction="to_client") > 5
+    assert value(samples, "codexbridge_frame_bytes_total", direction="to_client") > 500
+    assert value(samples, "codexbridge_recording_failures_total") == 0
+
+
+def test_metrics_of_relayed_sessions_with_the_keepalive_script(tmp_path: Path, ws_upstream: Upstream) -> None:
+    proxy, metrics = start(tmp_path, ws_upstream.url, ("keepalive", "metrics"))
+
+    async def go() -> None:
+        ws = await RawWebSocket.connect(proxy.port)
+        assert (await turn(ws, "one"))[-1].startswith('{"type":"response.completed"')
+        assert (await turn(ws, "[[failed]] two"))[-1].startswith('{"type":"response.failed"')
+        await ws.close()
+        await abandon(proxy.port, "[[sleep:5]] slow")
+
+    try:
+        asyncio.run(go())
+        samples = settled(metrics, lambda s: value(s, "codexbridge_sessions_open", mode="passthrough") == 0
+                          and value(s, "codexbridge_sessions_total", mode="passthrough") == 2)
+    finally:
+        proxy.stop()
+    assert value(samples, "codexbridge_sessions_total", mode="bridge") == 0
+    assert value(samples, "codexbridge_upstream_responses_total", status="101") == 2
+    assert value(samples, "codexbridge_responses_total", outcome="completed") == 1
+    assert value(samples, "codexbridge_responses_total", outcome="failed") == 1
+    assert value(samples, "codexbridge_responses_total", outcome="client_gone") == 1
+    assert value(samples, "codexbridge_first_event_seconds_count") == 3
+    assert value(samples, "codexbridge_frames_total", direction="from_client") == 3
