@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -137,3 +138,23 @@ def test_metrics_of_relayed_sessions_with_the_keepalive_script(tmp_path: Path, w
     assert value(samples, "codexbridge_responses_total", outcome="client_gone") == 1
     assert value(samples, "codexbridge_first_event_seconds_count") == 3
     assert value(samples, "codexbridge_frames_total", direction="from_client") == 3
+
+
+def test_a_recording_the_worker_cannot_write_counts_as_a_recording_failure(tmp_path: Path, upstream: Upstream) -> None:
+    rec_dir = tmp_path / "rec"
+    proxy, metrics = start(tmp_path, upstream.url, ("bridge",), f"codexbridge_record={rec_dir}")
+    assert asyncio.run(wait_for(rec_dir.exists, 10))  # made and checked at startup...
+    shutil.rmtree(rec_dir)  # ...and gone by the time a session is recorded
+
+    async def go() -> None:
+        ws = await RawWebSocket.connect(proxy.port)
+        assert (await turn(ws, "one"))[-1].startswith('{"type":"response.completed"')  # the session goes on
+        await ws.close()
+
+    try:
+        asyncio.run(go())
+        samples = settled(metrics, lambda s: value(s, "codexbridge_recording_failures_total") >= 1)
+    finally:
+        proxy.stop()
+    assert value(samples, "codexbridge_recording_failures_total") == 1
+    assert "RECORDING FAILED" in proxy.log

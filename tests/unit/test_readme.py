@@ -8,7 +8,7 @@ from mitmproxy.test import taddons
 
 from codexbridge.addons.bridge import CodexBridge
 from codexbridge.addons.keepalive import Keepalive
-from codexbridge.addons.metrics import Metrics
+from codexbridge.addons.metrics import Collector, Counts, Metrics
 from codexbridge.addons.recorder import Recorder
 from codexbridge.tools.cli import build_parser
 from support import ROOT
@@ -66,3 +66,10 @@ def test_every_subcommand_flag_the_readme_names_is_in_its_help() -> None:
     missing = [f"codexbridge {name} {flag}" for name, flags in sorted(named.items()) for flag in sorted(flags)
                if flag not in sub.choices[name].format_help()]
     assert missing == [], "the README names flags these subcommands do not take"
+
+
+def test_every_metric_is_documented() -> None:
+    documented = {f.name + ("_total" if f.type == "counter" else "") for f in Collector(Counts()).collect()}
+    assert len(documented) == 12
+    for name in documented:
+        assert re.search(rf"^\| `{name}` \|", README, re.M), f"{name} is missing from the README's metrics table"

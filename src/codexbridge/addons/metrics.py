@@ -255,6 +255,12 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def recording_failures() -> int:
+    """From the recorder addon loaded now, if any (it may load after this one)."""
+    sink = getattr(registry.active("recorder"), "sink", None)
+    return sink.failures if sink is not None else 0
+
+
 class Metrics(CodexAddon):
     """Serves Prometheus metrics of the Codex sessions the other codexbridge addons handle."""
 
@@ -305,9 +311,7 @@ class Metrics(CodexAddon):
         except OSError as e:
             raise exceptions.OptionsError(f"codexbridge_metrics: cannot listen on {host}:{port}: {e.strerror or e}") from e
         self.address = (host, self.server.server_port)
-        recorder = registry.active("recorder")
-        sink = getattr(recorder, "sink", None)
-        self.counts.recording_failures = (lambda: sink.failures) if sink is not None else (lambda: 0)
+        self.counts.recording_failures = recording_failures
         log.info("codexbridge metrics on http://%s:%d/metrics", host, self.address[1])
 
     # -- WebSocket sessions -----------------------------------------------------------------

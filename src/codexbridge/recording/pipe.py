@@ -43,7 +43,9 @@ class RecordingSink:
         self._backlog_bytes = 0
         self._writer_armed = False
         self.failed = False
-        self.failures = 0  # times recording stopped working (read by the metrics addon)
+        self._pipe_failures = 0
+        self._file_failures = 0  # recordings the worker could not write (it reports each on its stdout)
+        self._reports = -1
         self._ids = itertools.count(1)
         self._open: dict[int, RemoteRecorder] = {}  # sessions not complete yet: marked ended by shutdown at close()
 
@@ -51,14 +53,27 @@ class RecordingSink:
         if self._proc is not None:
             return
         self._proc = subprocess.Popen([sys.executable, "-m", "codexbridge.recording.worker"], stdin=subprocess.PIPE,
-                                      start_new_session=True)
-        assert self._proc.stdin is not None
+                                      stdout=subprocess.PIPE, start_new_session=True)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
         self._fd = self._proc.stdin.fileno()
+        self._reports = self._proc.stdout.fileno()
+        os.set_blocking(self._reports, False)
         try:
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, 1 << 20)
         except OSError:
             pass
         os.set_blocking(self._fd, False)
+
+    @property
+    def failures(self) -> int:
+        """Times recording stopped working: the pipe to the worker, and each recording the worker could not write
+        (read by the metrics addon, from any thread)."""
+        if self._reports >= 0:
+            try:
+                self._file_failures += len(os.read(self._reports, 4096))
+            except (BlockingIOError, OSError, ValueError):
+                pass
+        return self._pipe_failures + self._file_failures
 
     def session(self, directory: str, mode: str, upstream: str, request: HttpMessage, extra_patterns: list[str],
                 elide_over: int, label: str) -> RemoteRecorder:
@@ -162,11 +177,15 @@ class RecordingSink:
         except subprocess.TimeoutExpired:
             log.error("RECORDING: the worker did not finish writing within %ss; stopping it", timeout)
             self._proc.kill()
+        self.failures  # noqa: B018 - the last reports, before their pipe closes
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._reports = -1
         self._proc = None
 
     def _fail(self, why: str) -> None:
         if not self.failed:
-            self.failures += 1
+            self._pipe_failures += 1
             log.error("RECORDING FAILED: %s. Sessions go on, but they are no longer recorded.", why)
         self.failed = True
         self._backlog.clear()

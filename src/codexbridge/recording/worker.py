@@ -39,6 +39,7 @@ def serve(stream: BinaryIO) -> None:
     Recordings are flushed whenever the input runs dry (not after every event): a burst costs one
     flush, and nothing the proxy sent stays unwritten once the worker is idle."""
     sessions: dict[int, SessionRecorder] = {}
+    failed: set[int] = set()  # sessions whose failure was reported to the proxy
     redactors: dict[tuple[str, ...], Redactor] = {}
     dirty: set[SessionRecorder] = set()
     while True:
@@ -63,12 +64,14 @@ def serve(stream: BinaryIO) -> None:
                 path=Path(path), started=dt.datetime.fromisoformat(started),
             )
             sessions[key].flush_each = False
+            _report(sessions[key], key, failed)
             continue
         recorder = sessions.get(key)
         if recorder is None:
             continue
         recorder.fixed_t = args[0]
         getattr(recorder, name)(*args[1:])
+        _report(recorder, key, failed)
         if name in ("complete", "shutdown", "discard"):
             del sessions[key]
             dirty.discard(recorder)
@@ -76,6 +79,16 @@ def serve(stream: BinaryIO) -> None:
             dirty.add(recorder)
     for still_open in sessions.values():
         still_open.close_file()
+
+
+def _report(recorder: SessionRecorder, key: int, failed: set[int]) -> None:
+    """One byte on stdout per recording that failed, for the proxy's metrics (the proxy reads them when scraped)."""
+    if recorder.failed and key not in failed:
+        failed.add(key)
+        try:
+            os.write(1, b"F")
+        except OSError:
+            pass
 
 
 def main() -> None:
