@@ -185,3 +185,24 @@ def test_sigterm_ends_open_recordings_quietly_and_marks_them(tmp_path: Path, ups
     (recording,) = rec_dir.glob("*.jsonl")
     rec = load(str(recording))
     assert rec.complete and rec.ended_by_shutdown
+
+
+def test_demo_upstream_subcommand_takes_the_readme_flags(marker: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc = cli(marker, "demo-upstream", "--port", str(port), "--websocket")
+    try:
+        assert wait_for_port("127.0.0.1", port, timeout=20)
+
+        async def go() -> list[str]:
+            ws = await RawWebSocket.connect(port)  # --websocket: the demo upstream speaks the WebSocket mode
+            frames = await turn(ws, "hello")
+            await ws.close()
+            return frames
+
+        assert asyncio.run(go())[-1].startswith('{"type":"response.completed"')
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    code, out, err = finished(cli(marker, "demo-upstream", "--port", str(free_port()), "--tls-key", "k.pem"))
+    one_line_failure(code, out, err, "--tls-key needs --tls-cert")
+    assert gone(marker) == []

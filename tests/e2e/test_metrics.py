@@ -9,11 +9,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from codexbridge.tools.cluster import Cluster
 from codexbridge.tools.procs import free_port, mitmdump_command
-from support import wait_for
+from support import need, wait_for
 from support.mitmdump import TEST_OPTIONS, Mitmdump
+from support.nginx import nginx_binary
 from support.processes import start_process
 from support.rawws import RawWebSocket
 from support.turns import create, turn
@@ -158,3 +161,24 @@ def test_a_recording_the_worker_cannot_write_counts_as_a_recording_failure(tmp_p
         proxy.stop()
     assert value(samples, "codexbridge_recording_failures_total") == 1
     assert "RECORDING FAILED" in proxy.log
+
+
+@pytest.mark.nginx
+def test_cluster_serves_each_workers_metrics_on_a_port_of_its_own(tmp_path: Path, upstream: Upstream) -> None:
+    need("nginx", nginx_binary() is not None)
+
+    async def sessions(port: int) -> None:
+        for i in range(4):
+            ws = await RawWebSocket.connect(port)
+            assert (await turn(ws, f"turn {i}"))[-1].startswith('{"type":"response.completed"')
+            await ws.close()
+
+    with Cluster(upstream.url, workers=2, port=free_port(), directory=tmp_path / "cluster", metrics=True,
+                 nginx=nginx_binary()) as cluster:
+        assert len(set(cluster.metrics_ports)) == 2
+        asyncio.run(sessions(cluster.port))
+        per_worker = [settled(p, lambda s: value(s, "codexbridge_sessions_open", mode="bridge") == 0)
+                      for p in cluster.metrics_ports]
+    totals = [value(s, "codexbridge_sessions_total", mode="bridge") for s in per_worker]
+    assert sum(totals) == 4, totals
+    assert sum(value(s, "codexbridge_responses_total", outcome="completed") for s in per_worker) == 4
