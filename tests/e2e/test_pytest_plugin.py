@@ -89,6 +89,13 @@ def test_{mode}_{state}(codexbridge_bridge):
     turns(codexbridge_bridge, "{mode}_{state}", {count})
 '''
 
+# Straight to the upstream over the WebSocket: a session beyond the recorded ones goes live as a whole.
+DIRECT_TEST = '''
+@pytest.mark.codexbridge(record_mode="new_episodes")
+def test_new_episodes_direct(codexbridge_upstream):
+    turns(codexbridge_upstream, "new_episodes_direct", 2)
+'''
+
 # mode, recording present, then: outcome, requests that reach the live upstream, recording files afterwards.
 # A present recording holds one turn and the test makes two (one connection each): the second is what each
 # mode must decide about.
@@ -120,7 +127,8 @@ def test_record_modes_each_with_the_recording_present_and_absent(tmp_path: Path,
         tests.append(MATRIX_TEST.format(mode=mode, state=state, count=2 if present else 1))
         if present:
             shutil.copyfile(seed, folder / f"test_{mode}_{state}.jsonl")
-    (project / "test_matrix.py").write_text(SDK_HELPERS + "".join(tests))
+    shutil.copyfile(seed, folder / "test_new_episodes_direct.jsonl")
+    (project / "test_matrix.py").write_text(SDK_HELPERS + "".join(tests) + DIRECT_TEST)
     upstream.reset()
 
     run = run_pytest(project, "test_matrix.py", f"--codexbridge-upstream={upstream.url}")
@@ -141,10 +149,15 @@ def test_record_modes_each_with_the_recording_present_and_absent(tmp_path: Path,
     assert (folder / "test_all_present.jsonl").read_bytes() != seed.read_bytes()
     appended = load(str(folder / "test_new_episodes_present.2.jsonl"))
     assert appended.header.mode == "http" and "question 1" in appended.events[0].model_dump_json()
+    assert run.outcome("test_new_episodes_direct") == "passed", run.text("test_new_episodes_direct")
+    assert reached(upstream, "new_episodes_direct") == 1
+    session = load(str(folder / "test_new_episodes_direct.2.jsonl"))  # the second connection, recorded whole
+    assert session.header.mode == "bridge" and session.complete and "question 1" in session.model_dump_json()
 
     upstream.reset()
     offline = run_pytest(project, "test_matrix.py", "-k", "new_episodes or once_absent")
-    assert offline.outcome("test_new_episodes_present") == "passed", offline.text("test_new_episodes_present")
+    for name in ("test_new_episodes_present", "test_new_episodes_direct", "test_new_episodes_absent"):
+        assert offline.outcome(name) == "passed", offline.text(name)
     assert offline.outcome("test_once_absent") == "passed", offline.text("test_once_absent")
     assert upstream.stats()["requests"] == 0, "a replay reached the upstream"
 
