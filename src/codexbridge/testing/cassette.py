@@ -255,13 +255,17 @@ class Cassette:
             write_atomically(target, dumps(scrub(recording, before_request, before_response)))
 
     def summary(self) -> dict[str, Any]:
+        """What the test asked of its recordings so far, and what they hold."""
         server = self._server
         return {
             "record_mode": self.options.record_mode,
             "replayed": bool(self._plan and self._plan.replay),
             "recorded": bool(self._plan and self._plan.record),
-            "posts": server.posts_seen if server else 0,
-            "connections": server.connections_seen if server else 0,
+            "posts": server.posts_seen if server else 0,  # POSTs that came
+            "posts_recorded": len(server.posts) if server else 0,
+            "connections": server.connections_seen if server else 0,  # WebSocket connections that came
+            "turns": sum(s.report.turns_served for s in server.sessions) if server else 0,  # client frames served
+            "turns_recorded": sum(len(s.turns) for s in server.sessions) if server else 0,
             "forwarded": self.forwarded,
             "divergences": [d.summary for d in self.divergences],
             "written": [str(p) for p in self.written],
