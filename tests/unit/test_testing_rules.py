@@ -120,3 +120,15 @@ def test_a_test_with_several_sessions_numbers_the_files_after_the_last_name(tmp_
     for name in ("t.jsonl", "t.10.jsonl", "t.2.jsonl", "t.x.jsonl", "t.1.jsonl"):
         (tmp_path / name).write_text("")
     assert [p.name for p in session_files([first])] == ["t.jsonl", "t.2.jsonl", "t.10.jsonl"]
+
+
+def test_loading_the_plugin_imports_no_server_or_schema() -> None:
+    """pytest loads the plugin in every run of a project that has codexbridge installed: it must cost nothing."""
+    import subprocess
+    import sys
+
+    code = ("import sys, codexbridge.testing.plugin; "
+            "print(sorted(m for m in sys.modules if m.startswith(('codexbridge.testing.', 'codexbridge.replay', "
+            "'codexbridge.recording', 'pydantic', 'httpx', 'h11'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['codexbridge.testing.modes', 'codexbridge.testing.plugin']"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from codexbridge.testing.cassette import OPTION_NAMES, Cassette, Options, RecordingError
-from codexbridge.testing.matching import Divergence, report
 from codexbridge.testing.modes import RECORD_MODES
 
-CASSETTE = pytest.StashKey[Cassette]()
+if TYPE_CHECKING:
+    from codexbridge.testing.cassette import Cassette, Options
+    from codexbridge.testing.matching import Divergence
+
+# The servers, matching and scrubbing are imported by the fixtures that use them, not when pytest loads the
+# plugin: every pytest run in a project that has codexbridge installed loads it.
+CASSETTE = pytest.StashKey["Cassette"]()
 REPORTED = pytest.StashKey[set[tuple[str, str, str]]]()
 WRITTEN = pytest.StashKey[list[Path]]()
 FAILED = pytest.StashKey[bool]()
@@ -89,22 +93,25 @@ def codexbridge_recording_name(request: pytest.FixtureRequest) -> str:
 
 
 def _options(request: pytest.FixtureRequest, config: dict[str, Any], marker: dict[str, Any]) -> Options:
+    from codexbridge.testing.cassette import OPTION_NAMES, Options, RecordingError
+
     for where, given in (("codexbridge_config", config), ("the codexbridge marker", marker)):
         unknown = sorted(set(given) - OPTION_NAMES)
         if unknown:
             raise pytest.UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; "
                                     f"known: {', '.join(sorted(OPTION_NAMES))}")
+    for key in ("match_ignore", "redact", "bridge_options"):  # one string stands for a list of one
+        for given in (config, marker):
+            if isinstance(given.get(key), str):
+                given[key] = [given[key]]
     settings: dict[str, Any] = {
         "record_mode": request.config.getoption("codexbridge_record_mode") or "none",
         "upstream": request.config.getoption("codexbridge_upstream"),
+        **config,
+        **marker,
+        "match_ignore": [*request.config.getoption("codexbridge_match_ignore"), *config.get("match_ignore", ()),
+                         *marker.get("match_ignore", ())],
     }
-    settings.update(config)
-    settings.update(marker)
-    settings["match_ignore"] = [*request.config.getoption("codexbridge_match_ignore"),
-                                *config.get("match_ignore", ()), *marker.get("match_ignore", ())]
-    for key in ("redact", "bridge_options"):
-        if isinstance(settings.get(key), str):
-            settings[key] = [settings[key]]
     try:
         return Options(**settings)
     except RecordingError as e:
@@ -120,9 +127,12 @@ def codexbridge(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cassette]:
     """The test's recordings: their URLs (`upstream_url`, `bridge_url`), divergences and record mode."""
+    from codexbridge.testing.cassette import Cassette, RecordingError
+    from codexbridge.testing.matching import report
+
     marker = request.node.get_closest_marker("codexbridge")
     args, kwargs = (marker.args, marker.kwargs) if marker is not None else ((), {})
-    options = _options(request, codexbridge_config, dict(kwargs))
+    options = _options(request, dict(codexbridge_config), dict(kwargs))
     here = request.path.parent
     paths = [(here / Path(p)).resolve() for p in args] or [codexbridge_recordings_dir / f"{codexbridge_recording_name}.jsonl"]
     cassette = Cassette(paths, options, tmp_path_factory.mktemp("codexbridge"))
@@ -146,6 +156,8 @@ def codexbridge(
 
 
 def _url(cassette: Cassette, which: str) -> str:
+    from codexbridge.testing.cassette import RecordingError
+
     try:
         return str(getattr(cassette, which))
     except RecordingError as e:
@@ -189,9 +201,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         item.stash[FAILED] = True
         problems = _unreported(item)
         if problems:
+            from codexbridge.testing.matching import report
+
             item.add_report_section("call", "codexbridge", report(problems))
         raise
     problems = _unreported(item)
     if problems:
+        from codexbridge.testing.matching import report
+
         item.stash[FAILED] = True
         pytest.fail(report(problems), pytrace=False)
