@@ -9,7 +9,8 @@ from pathlib import Path
 
 import websockets
 
-from support import free_port, start_mitmdump
+from codexbridge.tools.procs import free_port
+from support.mitmdump import start_mitmdump
 
 EVENTS = 60_000
 DELTA = "x" * 1000  # ~1 KB per event, ~60 MB in all: far more than the socket buffers on the way

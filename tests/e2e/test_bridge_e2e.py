@@ -14,7 +14,10 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from support import Mitmdump, Upstream, free_port, start_mitmdump, wait_for
+from codexbridge.tools.procs import free_port
+from support import wait_for
+from support.mitmdump import Mitmdump, start_mitmdump
+from support.upstream import Upstream
 
 TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 

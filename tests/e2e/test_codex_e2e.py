@@ -7,14 +7,15 @@ to the upstream over HTTP. The model-visible `input` of each upstream POST must 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appserver import run_thread
 from codexbridge.replay.rules import canonical
-from support import Codex, Mitmdump, Upstream
+from support.appserver import run_thread
+from support.codex import Codex
+from support.mitmdump import Mitmdump, posts_through_proxy
+from support.upstream import Upstream
 
 pytestmark = pytest.mark.codex
 
@@ -23,18 +24,8 @@ def inputs(upstream: Upstream) -> list[Any]:
     return [canonical(r["json"]["input"]) for r in upstream.requests() if r["method"] == "POST"]
 
 
-def posts_through_proxy(bridge: Mitmdump) -> int:
-    """Plain POST flows in mitmdump's log: a Codex that fell back to HTTP would make them."""
-    return len(re.findall(r": POST http", bridge.log))
-
-
-@pytest.fixture
-def codex(tmp_path: Path) -> Codex:
-    return Codex.make(tmp_path)
-
-
 def both_ways(codex: Codex, bridge: Mitmdump, upstream: Upstream, scenario: Any) -> tuple[Any, Any, list[Any], list[Any]]:
-    posts_before = posts_through_proxy(bridge)
+    posts_before = posts_through_proxy(bridge.log)
     upgrades_before = bridge.log.count("<< 101")
     codex.configure(bridge.base_url, websockets=True)
     log_before = len(bridge.log)
@@ -43,7 +34,7 @@ def both_ways(codex: Codex, bridge: Mitmdump, upstream: Upstream, scenario: Any)
     bridge.upgrades_seen = bridge.log.count("<< 101") - upgrades_before
     ws_inputs = inputs(upstream)
     assert upstream.stats()["upgrade_attempts"] == 0
-    assert posts_through_proxy(bridge) == posts_before, "Codex fell back to HTTP"
+    assert posts_through_proxy(bridge.log) == posts_before, "Codex fell back to HTTP"
     upstream.reset()
     codex.configure(upstream.url + "/v1", websockets=False)
     http_result = scenario()

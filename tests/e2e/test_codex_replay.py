@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from codexbridge.recording.schema import load
-from support import BIN, ROOT, Codex, free_port, quiet_codex_config, start_mitmdump, start_process, start_upstream
+from support import ROOT
+from support.codex import Codex, quiet_codex_config
+from support.mitmdump import start_mitmdump
+from support.upstream import start_replay_server, start_upstream
 
 pytestmark = pytest.mark.codex
 
 
 @pytest.mark.parametrize("websockets", [True, False], ids=["replayed-over-websocket", "replayed-over-http"])
-def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, websockets: bool) -> None:
+def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, codex: Codex, websockets: bool) -> None:
     rec_dir = tmp_path / "rec"
     upstream = start_upstream(tmp_path)
     proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40")
-    codex = Codex.make(tmp_path)
     quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
     try:
         codex.configure(proxy.base_url, websockets=True, extra=quiet)
@@ -31,14 +31,11 @@ def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, web
     assert load(str(recording)).complete
 
     upstream.stop()  # offline from here on: the replay is the only upstream
-    port = free_port()
-    server = start_process([str(BIN / "codexbridge"), "replay", str(recording), "--serve", "--port", str(port)],
-                           port, tmp_path / "replay.log")
+    server = start_replay_server(tmp_path, recording)
     try:
-        codex.configure(f"http://127.0.0.1:{port}/v1", websockets=websockets, extra=quiet)
+        codex.configure(f"{server.url}/v1", websockets=websockets, extra=quiet)
         replayed = codex.exec("run echo")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/__replay/report", timeout=5) as r:
-            report = json.loads(r.read())
+        report = server.report()
     finally:
         server.stop()
     assert replayed.returncode == 0, replayed.stderr

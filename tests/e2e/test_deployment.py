@@ -19,11 +19,8 @@ upgrade attempt (the bridge answered it), and Codex did not fall back to HTTP (n
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import ssl
@@ -36,89 +33,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mitmproxy import http as mhttp
 from mitmproxy import io as mio
 
-from support import (
-    BIN,
-    ROOT,
-    Codex,
-    Process,
-    Upstream,
-    free_port,
-    need,
-    quiet_codex_config,
-    start_mitmdump,
-    start_nginx,
-    start_process,
-    start_upstream,
-)
+from codexbridge.tools.procs import free_port, mitmdump_command
+from support import BIN, need
+from support.certs import OPENAI_HOST, Certs, make_certs
+from support.codex import Codex, quiet_codex_config
+from support.mitmdump import TEST_OPTIONS, posts_through_proxy, start_mitmdump
+from support.nginx import start_nginx
+from support.processes import Process, spawn, start_process
+from support.upstream import Upstream, start_upstream
 
 pytestmark = pytest.mark.codex
 
 ANSWER = "hi from mock"
-OPENAI_HOST = "api.openai.com"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 IPTABLES = shutil.which("iptables") or next((p for p in ("/usr/sbin/iptables",) if Path(p).exists()), None)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# certificates
-
-
-@dataclass
-class Certs:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_certs(where: Path, names: tuple[str, ...] = ("localhost", OPENAI_HOST),
-               ips: tuple[str, ...] = ("127.0.0.1",)) -> Certs:
-    """A throwaway CA and one server certificate it signed, for `names` and `ips`."""
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=7))
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codexbridge test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0]).not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    where.mkdir(parents=True, exist_ok=True)
-    out = Certs(where / "ca.pem", where / "server.pem", where / "server.key")
-    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # processes
 
 
+@dataclass
 class TlsUpstream(Upstream):
     """The SSE-only mock upstream over HTTPS with a certificate from the test CA."""
 
@@ -137,9 +75,7 @@ class TlsUpstream(Upstream):
 
 def start_tls_upstream(tmp: Path, certs: Certs) -> TlsUpstream:
     up = start_upstream(tmp, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
-    tls = TlsUpstream(up.proc, up.port, up.log_path)
-    tls.ca = certs.ca
-    return tls
+    return TlsUpstream(up.child, certs.ca)
 
 
 @dataclass
@@ -175,14 +111,11 @@ def start_bridge(tmp: Path, mode: str, *options: str, netns: str | None = None, 
     home = tmp / f"mitm-{secrets.token_hex(3)}"
     confdir, flow_file = home / "confdir", home / "flows"
     confdir.mkdir(parents=True)
-    cmd = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "bridge.py"), "--mode", mode,
-           "--listen-port", str(port), "--set", "connection_strategy=lazy", "--set", "termlog_verbosity=debug",
-           "--set", f"confdir={confdir}", "--set", f"save_stream_file={flow_file}"]
-    for opt in options:
-        cmd += ["--set", opt]
+    options = (*TEST_OPTIONS, f"confdir={confdir}", f"save_stream_file={flow_file}", *options)
     if netns is None:
-        proc = start_process([*cmd, "--listen-host", "127.0.0.1"], port, home / "mitmdump.log")
+        proc = start_process(mitmdump_command("", port, options, mode=mode), port, home / "mitmdump.log")
     else:
+        cmd = mitmdump_command("", port, options, mode=mode, host="")
         proc = start_in_netns(netns, [*(prefix or []), *cmd], home / "mitmdump.log", "listening at")
     assert (confdir / "mitmproxy-ca-cert.pem").exists()
     return Bridge(proc, confdir, flow_file, port)
@@ -190,13 +123,10 @@ def start_bridge(tmp: Path, mode: str, *options: str, netns: str | None = None, 
 
 def start_in_netns(ns: str, cmd: list[str], log_path: Path, ready: str, timeout: float = 30) -> Process:
     """`ip netns exec NS cmd` (which execs cmd, so the pid is cmd's); ready when its log contains `ready`."""
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([IP, "netns", "exec", ns, *cmd], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    log.close()
-    p = Process(proc, 0, log_path)
+    p = Process(spawn([IP, "netns", "exec", ns, *cmd], 0, log_path))
     deadline = time.monotonic() + timeout
     while ready not in p.log:
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if p.proc.poll() is not None or time.monotonic() > deadline:
             p.stop()
             raise RuntimeError(f"{cmd[0]} did not start in netns {ns}:\n{p.log}")
         time.sleep(0.05)
@@ -233,23 +163,12 @@ def tls_upstream(tmp_path: Path, certs: Certs, stack: contextlib.ExitStack) -> T
     return up
 
 
-@pytest.fixture
-def codex(tmp_path: Path) -> Codex:
-    return Codex.make(tmp_path)
-
-
 def quiet(tmp: Path) -> str:
     """quiet_codex_config: no plugin/marketplace/update requests, so every flow the proxy sees is Codex's model
     traffic (in regular and transparent mode the proxy would otherwise be asked for api.github.com, chatgpt.com)."""
     instructions = tmp / "instructions.md"
     instructions.write_text("You are a test double of Codex. Keep answers short.\n")
     return quiet_codex_config(instructions)
-
-
-def posts_through_proxy(log: str) -> int:
-    """Plain POST flows in a mitmdump log (the rule of test_codex_e2e.posts_through_proxy): a Codex that fell
-    back to HTTP would make them."""
-    return len(re.findall(r": POST http", log))
 
 
 def websocket_flows(flows: list[mhttp.HTTPFlow]) -> list[mhttp.HTTPFlow]:

@@ -4,21 +4,18 @@ passthrough and auto mode against an upstream that speaks the WebSocket mode its
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import Codex, Upstream, start_mitmdump, start_nginx, start_upstream
+from support.codex import Codex
+from support.mitmdump import start_mitmdump
+from support.nginx import start_nginx
+from support.upstream import Upstream
 
 pytestmark = pytest.mark.codex
 
 SILENT_TURN = "[[sleep:10]] take your time"
-
-
-@pytest.fixture
-def codex(tmp_path: Path) -> Codex:
-    return Codex.make(tmp_path)
 
 
 @pytest.mark.parametrize(("interval", "succeeds"), [(2, True), (0, False)], ids=["pings-on", "pings-off"])
@@ -68,13 +65,6 @@ def test_text_keepalive_beats_codex_idle_timeout(
         assert result.returncode != 0
         assert "idle timeout" in result.stderr, result.stderr
         assert "stage=text_keepalive" not in proxy.log
-
-
-@pytest.fixture(scope="module")
-def ws_upstream(module_tmp: Path) -> Iterator[Upstream]:
-    up = start_upstream(module_tmp, "--websocket")
-    yield up
-    up.stop()
 
 
 def test_passthrough_mode_with_codex(codex: Codex, ws_upstream: Upstream, module_tmp: Path) -> None:

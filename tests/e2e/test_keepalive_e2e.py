@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from rawws import RawWebSocket
-from support import Mitmdump, Upstream, start_mitmdump, wait_for
+from support import wait_for
+from support.mitmdump import Mitmdump, start_mitmdump
+from support.rawws import RawWebSocket
+from support.upstream import Upstream
 
 
 def create(text: str) -> dict[str, Any]:
@@ -117,15 +119,6 @@ def test_unanswered_ping_closes_client_1011_and_handles_upstream(
 
     asyncio.run(go())
     assert "stage=downstream_ping_timeout" in proxy.log
-
-
-@pytest.fixture(scope="module")
-def ws_upstream(module_tmp: Path) -> Iterator[Upstream]:
-    from support import start_upstream
-
-    up = start_upstream(module_tmp, "--websocket")
-    yield up
-    up.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from openai import AsyncOpenAI, OpenAI
 from openai.lib.responses_websocket import AsyncResponsesWebSocketSession, ResponsesWebSocketLimits
 from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
-from support import Mitmdump, Upstream, start_mitmdump
+from support.mitmdump import Mitmdump, start_mitmdump
+from support.upstream import Upstream
 
 LIMITS = ResponsesWebSocketLimits(max_lanes=8, max_events_per_lane=4096, max_events=16384,
                                   max_bytes_per_lane=16 << 20, max_bytes=32 << 20, max_response_bytes=None)
@@ -24,6 +26,15 @@ def sdk_bridge(module_tmp: Path, upstream: Upstream) -> Iterator[Mitmdump]:
     proxy = start_mitmdump(module_tmp, upstream.url, "codexbridge_max_stored_responses=3", "codexbridge_max_lanes=4")
     yield proxy
     proxy.stop()
+
+
+@contextlib.asynccontextmanager
+async def sdk_session(proxy: Mitmdump) -> AsyncIterator[AsyncResponsesWebSocketSession]:
+    """The SDK's lane session on one Responses WebSocket through the bridge."""
+    async with AsyncOpenAI(base_url=proxy.base_url, api_key="sk-test") as client:
+        async with client.responses.connect() as connection:
+            async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
+                yield session
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -55,42 +66,38 @@ def test_sync_connect_single_turn_and_continuation(sdk_bridge: Mitmdump, upstrea
 
 def test_async_connect_with_final_response(sdk_bridge: Mitmdump) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lane = session.default
-                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
-                    first = await lane.get_final_response()
-                    assert first.status == "completed" and first.output_text == "hi from mock"
-                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "[[reply:two]] x",
-                                     "previous_response_id": first.id})
-                    second = await lane.get_final_response()
-                    assert second.output_text == "two" and second.id != first.id
+        async with sdk_session(sdk_bridge) as session:
+            lane = session.default
+            await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
+            first = await lane.get_final_response()
+            assert first.status == "completed" and first.output_text == "hi from mock"
+            await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "[[reply:two]] x",
+                             "previous_response_id": first.id})
+            second = await lane.get_final_response()
+            assert second.output_text == "two" and second.id != first.id
 
     asyncio.run(go())
 
 
 def test_three_lanes_stream_concurrently_tagged_and_complete(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lanes = [session.lane(f"lane-{i}") for i in range(3)]
-                    t0 = time.monotonic()
-                    for i, lane in enumerate(lanes):
-                        await lane.send({"type": "response.create", "model": "gpt-5.5",
-                                         "input": user(f"[[deltas:20]] [[pace_ms:50]] [[reply:lane{i}]] go")})
+        async with sdk_session(sdk_bridge) as session:
+            lanes = [session.lane(f"lane-{i}") for i in range(3)]
+            t0 = time.monotonic()
+            for i, lane in enumerate(lanes):
+                await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                 "input": user(f"[[deltas:20]] [[pace_ms:50]] [[reply:lane{i}]] go")})
 
-                    async def collect(i: int, lane: Any) -> list[tuple[float, Any]]:
-                        events = []
-                        while True:
-                            event = await lane.recv()
-                            events.append((time.monotonic() - t0, event))
-                            if event.type in ("response.completed", "error", "response.failed"):
-                                return events
+            async def collect(i: int, lane: Any) -> list[tuple[float, Any]]:
+                events = []
+                while True:
+                    event = await lane.recv()
+                    events.append((time.monotonic() - t0, event))
+                    if event.type in ("response.completed", "error", "response.failed"):
+                        return events
 
-                    per_lane = await asyncio.gather(*(collect(i, lane) for i, lane in enumerate(lanes)))
-                    elapsed = time.monotonic() - t0
+            per_lane = await asyncio.gather(*(collect(i, lane) for i, lane in enumerate(lanes)))
+            elapsed = time.monotonic() - t0
         for i, events in enumerate(per_lane):
             assert all(getattr(e, "stream_id", None) == f"lane-{i}" for _, e in events), "every event carries its lane"
             assert events[-1][1].type == "response.completed"
@@ -108,19 +115,17 @@ def test_three_lanes_stream_concurrently_tagged_and_complete(sdk_bridge: Mitmdum
 
 def test_fork_from_another_lane(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    source, fork = session.lane("source"), session.lane("fork")
-                    await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("root question")})
-                    root = await source.get_final_response()
-                    await fork.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:forked]] branch"),
-                                     "previous_response_id": root.id})
-                    branch = await fork.get_final_response()
-                    assert branch.output_text == "forked"
-                    await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:main]] go on"),
-                                       "previous_response_id": root.id})
-                    assert (await source.get_final_response()).output_text == "main"
+        async with sdk_session(sdk_bridge) as session:
+            source, fork = session.lane("source"), session.lane("fork")
+            await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("root question")})
+            root = await source.get_final_response()
+            await fork.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:forked]] branch"),
+                             "previous_response_id": root.id})
+            branch = await fork.get_final_response()
+            assert branch.output_text == "forked"
+            await source.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[reply:main]] go on"),
+                               "previous_response_id": root.id})
+            assert (await source.get_final_response()).output_text == "main"
 
     asyncio.run(go())
     fork_input = upstream.requests()[1]["json"]["input"]
@@ -130,40 +135,36 @@ def test_fork_from_another_lane(sdk_bridge: Mitmdump, upstream: Upstream) -> Non
 
 def test_evicted_response_is_not_found(sdk_bridge: Mitmdump) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lane = session.lane("a")
-                    ids = []
-                    for i in range(4):  # the bridge keeps 3
-                        await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user(f"turn {i}")})
-                        ids.append((await lane.get_final_response()).id)
-                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
-                                     "previous_response_id": ids[0]})
-                    event = await lane.recv()
-                    assert event.type == "error"
-                    assert event.error.code == "previous_response_not_found"
-                    assert getattr(event, "stream_id", None) == "a"
-                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
-                                     "previous_response_id": ids[-1]})
-                    assert (await lane.get_final_response()).status == "completed"
+        async with sdk_session(sdk_bridge) as session:
+            lane = session.lane("a")
+            ids = []
+            for i in range(4):  # the bridge keeps 3
+                await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user(f"turn {i}")})
+                ids.append((await lane.get_final_response()).id)
+            await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
+                             "previous_response_id": ids[0]})
+            event = await lane.recv()
+            assert event.type == "error"
+            assert event.error.code == "previous_response_not_found"
+            assert getattr(event, "stream_id", None) == "a"
+            await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("again"),
+                             "previous_response_id": ids[-1]})
+            assert (await lane.get_final_response()).status == "completed"
 
     asyncio.run(go())
 
 
 def test_lane_limit_yields_stream_limit_error(sdk_bridge: Mitmdump) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    for i in range(4):
-                        lane = session.lane(f"l{i}")
-                        await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
-                        assert (await lane.get_final_response()).status == "completed"
-                    extra = session.lane("one-too-many")
-                    await extra.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
-                    event = await extra.recv()
-                    assert event.type == "error" and event.error.code == "websocket_stream_limit_reached"
+        async with sdk_session(sdk_bridge) as session:
+            for i in range(4):
+                lane = session.lane(f"l{i}")
+                await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
+                assert (await lane.get_final_response()).status == "completed"
+            extra = session.lane("one-too-many")
+            await extra.send({"type": "response.create", "model": "gpt-5.5", "input": user("hi")})
+            event = await extra.recv()
+            assert event.type == "error" and event.error.code == "websocket_stream_limit_reached"
 
     asyncio.run(go())
 
@@ -177,26 +178,29 @@ async def _events_until(lane: Any, kinds: set[str], timeout: float = 15) -> list
                 return events
 
 
+async def create_then_steer(lane: Any, prompt: str, steer: str) -> Any:
+    """Starts a response on `lane`, steers it once it is created; returns the `response.created` event."""
+    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": user(prompt)})
+    created = (await _events_until(lane, {"response.created"}))[-1]
+    await lane.send({"type": "response.steer", "previous_response_id": created.response.id, "input": steer})
+    return created
+
+
 def test_steering_accepted_then_automatic_successor(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lane = session.lane("steered")
-                    await lane.send({"type": "response.create", "model": "gpt-5.5",
-                                     "input": user("[[deltas:10]] [[pace_ms:60]] write slowly")})
-                    created = (await _events_until(lane, {"response.created"}))[-1]
-                    await lane.send({"type": "response.steer", "previous_response_id": created.response.id,
-                                     "input": "[[reply:steered answer]] actually, be brief"})
-                    events = await _events_until(lane, {"response.completed"})
-                    assert any(e.type == "response.steer.accepted" for e in events)
-                    accepted = next(e for e in events if e.type == "response.steer.accepted")
-                    assert accepted.steer.previous_response_id == created.response.id
-                    successor = await _events_until(lane, {"response.completed"})
-                    assert successor[0].type == "response.created"
-                    assert successor[0].response.id != created.response.id
-                    assert successor[-1].response.output_text == "steered answer"
-                    assert all(getattr(e, "stream_id", None) == "steered" for e in events + successor)
+        async with sdk_session(sdk_bridge) as session:
+            lane = session.lane("steered")
+            created = await create_then_steer(lane, "[[deltas:10]] [[pace_ms:60]] write slowly",
+                                              "[[reply:steered answer]] actually, be brief")
+            events = await _events_until(lane, {"response.completed"})
+            assert any(e.type == "response.steer.accepted" for e in events)
+            accepted = next(e for e in events if e.type == "response.steer.accepted")
+            assert accepted.steer.previous_response_id == created.response.id
+            successor = await _events_until(lane, {"response.completed"})
+            assert successor[0].type == "response.created"
+            assert successor[0].response.id != created.response.id
+            assert successor[-1].response.output_text == "steered answer"
+            assert all(getattr(e, "stream_id", None) == "steered" for e in events + successor)
 
     asyncio.run(go())
     first, second = upstream.requests()
@@ -207,28 +211,22 @@ def test_steering_accepted_then_automatic_successor(sdk_bridge: Mitmdump, upstre
 
 def test_steering_pending_while_waiting_for_tool_output(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lane = session.lane("tools")
-                    await lane.send({"type": "response.create", "model": "gpt-5.5",
-                                     "input": user("[[sleep:0.5]] run echo")})
-                    created = (await _events_until(lane, {"response.created"}))[-1]
-                    await lane.send({"type": "response.steer", "previous_response_id": created.response.id,
-                                     "input": "also say thanks"})
-                    events = await _events_until(lane, {"response.steer.pending"})
-                    kinds = [e.type for e in events]
-                    assert "response.steer.accepted" in kinds
-                    assert kinds.index("response.completed") < kinds.index("response.steer.pending")
-                    pending = events[-1]
-                    (stub,) = pending.required_input
-                    assert stub.type == "function_call_output" and stub.name == "exec_command"
-                    await lane.send({"type": "response.create", "model": "gpt-5.5",
-                                     "previous_response_id": created.response.id,
-                                     "input": [{"type": "function_call_output", "call_id": stub.call_id,
-                                                "output": "hello-from-tool"}]})
-                    final = await lane.get_final_response()
-                    assert final.output_text == "tool said: hello-from-tool"
+        async with sdk_session(sdk_bridge) as session:
+            lane = session.lane("tools")
+            created = await create_then_steer(lane, "[[sleep:0.5]] run echo", "also say thanks")
+            events = await _events_until(lane, {"response.steer.pending"})
+            kinds = [e.type for e in events]
+            assert "response.steer.accepted" in kinds
+            assert kinds.index("response.completed") < kinds.index("response.steer.pending")
+            pending = events[-1]
+            (stub,) = pending.required_input
+            assert stub.type == "function_call_output" and stub.name == "exec_command"
+            await lane.send({"type": "response.create", "model": "gpt-5.5",
+                             "previous_response_id": created.response.id,
+                             "input": [{"type": "function_call_output", "call_id": stub.call_id,
+                                        "output": "hello-from-tool"}]})
+            final = await lane.get_final_response()
+            assert final.output_text == "tool said: hello-from-tool"
 
     asyncio.run(go())
     follow_up = upstream.requests()[-1]["json"]["input"]
@@ -238,40 +236,36 @@ def test_steering_pending_while_waiting_for_tool_output(sdk_bridge: Mitmdump, up
 
 def test_steering_failures_are_answered(sdk_bridge: Mitmdump) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    lane = session.default
-                    await lane.send({"type": "response.steer", "previous_response_id": "resp_nope", "input": "hey"})
-                    failed = (await _events_until(lane, {"response.steer.failed"}))[-1]
-                    assert failed.error.code == "response_not_found" and failed.steer.input == "hey"
-                    await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
-                    done = await lane.get_final_response()
-                    await lane.send({"type": "response.steer", "previous_response_id": done.id, "input": "late"})
-                    late = (await _events_until(lane, {"response.steer.failed"}))[-1]
-                    assert late.error.code == "response_already_completed"
+        async with sdk_session(sdk_bridge) as session:
+            lane = session.default
+            await lane.send({"type": "response.steer", "previous_response_id": "resp_nope", "input": "hey"})
+            failed = (await _events_until(lane, {"response.steer.failed"}))[-1]
+            assert failed.error.code == "response_not_found" and failed.steer.input == "hey"
+            await lane.send({"type": "response.create", "model": "gpt-5.5", "input": "say hi"})
+            done = await lane.get_final_response()
+            await lane.send({"type": "response.steer", "previous_response_id": done.id, "input": "late"})
+            late = (await _events_until(lane, {"response.steer.failed"}))[-1]
+            assert late.error.code == "response_already_completed"
 
     asyncio.run(go())
 
 
 def test_errors_and_disconnects_hold_per_lane(sdk_bridge: Mitmdump, upstream: Upstream) -> None:
     async def go() -> None:
-        async with AsyncOpenAI(base_url=sdk_bridge.base_url, api_key="sk-test") as client:
-            async with client.responses.connect() as connection:
-                async with AsyncResponsesWebSocketSession(connection, limits=LIMITS) as session:
-                    good, bad = session.lane("good"), session.lane("bad")
-                    await good.send({"type": "response.create", "model": "gpt-5.5",
-                                     "input": user("[[deltas:10]] [[pace_ms:30]] fine")})
-                    await bad.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[error:429]] no")})
-                    error = (await _events_until(bad, {"error"}))[-1]
-                    assert error.status == 429 and error.stream_id == "bad"
-                    assert (await good.get_final_response()).status == "completed"
-                    # two lanes streaming when the client leaves: both upstream requests are cancelled
-                    for lane in (good, bad):
-                        await lane.send({"type": "response.create", "model": "gpt-5.5",
-                                         "input": user("[[deltas:100]] [[pace_ms:50]] long")})
-                    await _events_until(good, {"response.output_text.delta"})
-                    assert upstream.stats()["active_streams"] == 2
+        async with sdk_session(sdk_bridge) as session:
+            good, bad = session.lane("good"), session.lane("bad")
+            await good.send({"type": "response.create", "model": "gpt-5.5",
+                             "input": user("[[deltas:10]] [[pace_ms:30]] fine")})
+            await bad.send({"type": "response.create", "model": "gpt-5.5", "input": user("[[error:429]] no")})
+            error = (await _events_until(bad, {"error"}))[-1]
+            assert error.status == 429 and error.stream_id == "bad"
+            assert (await good.get_final_response()).status == "completed"
+            # two lanes streaming when the client leaves: both upstream requests are cancelled
+            for lane in (good, bad):
+                await lane.send({"type": "response.create", "model": "gpt-5.5",
+                                 "input": user("[[deltas:100]] [[pace_ms:50]] long")})
+            await _events_until(good, {"response.output_text.delta"})
+            assert upstream.stats()["active_streams"] == 2
         deadline = time.monotonic() + 3
         while upstream.stats()["active_streams"] and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

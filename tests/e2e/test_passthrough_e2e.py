@@ -14,7 +14,8 @@ import websockets
 from mitmproxy import http as mhttp
 from mitmproxy import io as mio
 
-from support import free_port, start_mitmdump
+from codexbridge.tools.procs import free_port
+from support.mitmdump import start_mitmdump
 
 BIG = "x" * 150_000
 

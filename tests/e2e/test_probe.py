@@ -14,28 +14,18 @@ from typing import Any
 
 import pytest
 
-from codexbridge.tools.probe import Upgrade, judge_upgrade, ping_interval_for, timing
-from support import (
-    BIN,
-    ROOT,
-    Process,
-    Upstream,
-    free_port,
-    need,
-    start_mitmdump,
-    start_nginx,
-    start_upstream,
-)
+from codexbridge.tools.procs import free_port
+from support import BIN, ROOT, need
+from support.mitmdump import start_mitmdump
+from support.nginx import start_nginx
+from support.processes import Process
+from support.upstream import Upstream, start_upstream
 
 PACED = "[[deltas:5]] [[pace_ms:300]] x"  # 5 deltas 300 ms apart: buffering becomes measurable
 MODEL = ("--model", "gpt-5.5", "--key-env", "MOCK_KEY")
 
 WS = "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;"
 FIXED = f"proxy_http_version 1.1; {WS} proxy_buffering off; proxy_read_timeout 3600s; proxy_send_timeout 3600s;"
-
-
-def nginx(tmp: Path, backend: int, location: str) -> Process:
-    return start_nginx(tmp, backend, location=location)
 
 
 def probe(url: str, *args: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:
@@ -49,31 +39,12 @@ def ids(report: dict[str, Any]) -> list[str]:
     return [f["id"] for f in report["findings"]]
 
 
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("probe")
-
-
-@pytest.fixture(scope="module")
-def ws_app(tmp: Path) -> Iterator[Upstream]:
-    up = start_upstream(tmp, "--websocket")
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
-def sse_app(tmp: Path) -> Iterator[Upstream]:
-    up = start_upstream(tmp)
-    yield up
-    up.stop()
-
-
 @pytest.fixture
-def behind(tmp: Path) -> Iterator[Any]:
+def behind(module_tmp: Path) -> Iterator[Any]:
     started: list[Process] = []
 
     def start(app: Upstream, location: str) -> str:
-        started.append(nginx(tmp, app.port, location))
+        started.append(start_nginx(module_tmp, app.port, location=location))
         return f"http://127.0.0.1:{started[-1].port}/v1"
 
     yield start
@@ -85,10 +56,10 @@ def behind(tmp: Path) -> Iterator[Any]:
 
 
 @pytest.mark.nginx
-def test_connection_header_emptied_is_a_stripped_upgrade(behind: Any, ws_app: Upstream) -> None:
+def test_connection_header_emptied_is_a_stripped_upgrade(behind: Any, ws_upstream: Upstream) -> None:
     # nginx sends `Upgrade: websocket` but no `Connection: upgrade`; the app's handshake fails with 400.
     stripped = 'proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "";'
-    code, report = probe(behind(ws_app, stripped))
+    code, report = probe(behind(ws_upstream, stripped))
     assert code == 1 and ids(report) == ["upgrade_stripped"]
     up = report["measurements"]["upgrade"]
     assert up["status"] == 400 and "Connection: Upgrade" in up["body"]
@@ -96,10 +67,10 @@ def test_connection_header_emptied_is_a_stripped_upgrade(behind: Any, ws_app: Up
 
 
 @pytest.mark.nginx
-def test_http10_upstream_with_proxy_buffering_is_buffered(behind: Any, ws_app: Upstream) -> None:
+def test_http10_upstream_with_proxy_buffering_is_buffered(behind: Any, ws_upstream: Upstream) -> None:
     # nginx's default proxy_http_version 1.0: the app answers close-delimited, and `proxy_buffering on` holds
     # the whole body (and the response headers) until the end. The WebSocket still gets through.
-    code, report = probe(behind(ws_app, f"{WS} proxy_buffering on;"), *MODEL, "--prompt", PACED)
+    code, report = probe(behind(ws_upstream, f"{WS} proxy_buffering on;"), *MODEL, "--prompt", PACED)
     assert code == 1 and ids(report) == ["upgrade_ok", "websocket_streaming", "http_buffered"], ids(report)
     http = report["measurements"]["http"]
     assert http["timing"]["spread_ms"] < 50 and http["timing"]["last_ms"] > 1000
@@ -108,17 +79,17 @@ def test_http10_upstream_with_proxy_buffering_is_buffered(behind: Any, ws_app: U
 
 
 @pytest.mark.nginx
-def test_http11_upstream_with_proxy_buffering_still_streams(behind: Any, ws_app: Upstream) -> None:
+def test_http11_upstream_with_proxy_buffering_still_streams(behind: Any, ws_upstream: Upstream) -> None:
     # Measured: with HTTP/1.1 to the app (chunked SSE), nginx passes each chunk on despite `proxy_buffering on`.
-    code, report = probe(behind(ws_app, f"proxy_http_version 1.1; {WS} proxy_buffering on;"), *MODEL,
+    code, report = probe(behind(ws_upstream, f"proxy_http_version 1.1; {WS} proxy_buffering on;"), *MODEL,
                          "--prompt", PACED)
     assert code == 0 and "http_streaming" in ids(report), ids(report)
 
 
 @pytest.mark.nginx
-def test_short_read_timeout_closes_an_idle_websocket(behind: Any, ws_app: Upstream) -> None:
+def test_short_read_timeout_closes_an_idle_websocket(behind: Any, ws_upstream: Upstream) -> None:
     t0 = time.monotonic()
-    code, report = probe(behind(ws_app, f"proxy_http_version 1.1; {WS} proxy_read_timeout 2s;"), "--idle", "5")
+    code, report = probe(behind(ws_upstream, f"proxy_http_version 1.1; {WS} proxy_read_timeout 2s;"), "--idle", "5")
     assert time.monotonic() - t0 < 5
     assert code == 1 and ids(report) == ["upgrade_ok", "idle_closed"]
     idle = report["measurements"]["idle"]
@@ -128,8 +99,8 @@ def test_short_read_timeout_closes_an_idle_websocket(behind: Any, ws_app: Upstre
 
 
 @pytest.mark.nginx
-def test_app_without_websocket_route(behind: Any, sse_app: Upstream) -> None:
-    code, report = probe(behind(sse_app, FIXED), *MODEL)
+def test_app_without_websocket_route(behind: Any, upstream: Upstream) -> None:
+    code, report = probe(behind(upstream, FIXED), *MODEL)
     assert code == 1 and ids(report)[0] == "upgrade_no_route"
     finding = report["findings"][0]
     assert "codexbridge_mode=bridge" in finding["fix"] and "codexbridge_mode=reject" in finding["fix"]
@@ -138,8 +109,8 @@ def test_app_without_websocket_route(behind: Any, sse_app: Upstream) -> None:
 
 
 @pytest.mark.nginx
-def test_fixed_config_is_healthy(behind: Any, ws_app: Upstream) -> None:
-    code, report = probe(behind(ws_app, FIXED), *MODEL, "--prompt", PACED, "--idle", "2.5")
+def test_fixed_config_is_healthy(behind: Any, ws_upstream: Upstream) -> None:
+    code, report = probe(behind(ws_upstream, FIXED), *MODEL, "--prompt", PACED, "--idle", "2.5")
     assert code == 0 and report["healthy"], report["findings"]
     assert ids(report) == ["upgrade_ok", "websocket_streaming", "http_streaming", "idle_ok"]
 
@@ -147,8 +118,8 @@ def test_fixed_config_is_healthy(behind: Any, ws_app: Upstream) -> None:
 # -- codexbridge itself, raw sockets, TLS ----------------------------------------------------------------------
 
 
-def test_codexbridge_in_front_of_an_sse_only_app_is_healthy(tmp: Path, sse_app: Upstream) -> None:
-    bridge = start_mitmdump(tmp, sse_app.url)
+def test_codexbridge_in_front_of_an_sse_only_app_is_healthy(module_tmp: Path, upstream: Upstream) -> None:
+    bridge = start_mitmdump(module_tmp, upstream.url)
     try:
         code, report = probe(bridge.base_url, *MODEL, "--prompt", PACED)
     finally:
@@ -207,13 +178,13 @@ def test_unreachable_and_usage_errors_exit_2() -> None:
     assert proc.returncode == 2
 
 
-def test_untrusted_certificate_then_trusted_with_ca(tmp: Path) -> None:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
+def test_untrusted_certificate_then_trusted_with_ca(module_tmp: Path) -> None:
+    cert, key = module_tmp / "cert.pem", module_tmp / "key.pem"
     made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                            "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                            "-keyout", str(key), "-out", str(cert)], capture_output=True)
     need("openssl", made.returncode == 0)
-    app = start_upstream(tmp, "--websocket", "--tls-cert", str(cert), "--tls-key", str(key))
+    app = start_upstream(module_tmp, "--websocket", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         url = f"https://127.0.0.1:{app.port}/v1"
         code, report = probe(url)
@@ -222,27 +193,3 @@ def test_untrusted_certificate_then_trusted_with_ca(tmp: Path) -> None:
         assert probe(url, "--insecure")[0] == 0
     finally:
         app.stop()
-
-
-# -- pure judgement --------------------------------------------------------------------------------------------
-
-
-def test_timing_verdicts() -> None:
-    assert timing([1000, 1001, 1002, 1003])["verdict"] == "buffered"
-    assert timing([100, 400, 700, 1000])["verdict"] == "streamed"
-    assert timing([1, 2, 3])["verdict"] == "inconclusive"  # too fast to tell
-    assert timing([400, 401, 402], latency_ms=200)["verdict"] == "inconclusive"  # one slow round trip
-    assert timing([5, 6])["verdict"] == "inconclusive"
-
-
-def test_ping_interval_is_half_the_idle_timeout_at_most_20() -> None:
-    assert [ping_interval_for(s) for s in (2.0, 60.0, 100.0, 0.5)] == [1, 20, 20, 1]
-    assert ping_interval_for(30.0) == 15
-
-
-def test_101_without_upgrade_headers_is_stripped() -> None:
-    u = Upgrade(status=101, reason="Switching Protocols", headers=[("Sec-WebSocket-Accept", "x")])
-    (f,) = judge_upgrade(u, "http://h/v1", "http://h")
-    assert f.id == "upgrade_stripped"
-    (f,) = judge_upgrade(Upgrade(status=200, reason="OK"), "http://h/v1", "http://h")
-    assert f.id == "upgrade_stripped"

@@ -16,7 +16,8 @@ import httpx
 import websockets
 
 from codexbridge.recording.schema import load
-from support import Upstream, start_mitmdump
+from support.mitmdump import start_mitmdump
+from support.upstream import Upstream
 
 CANARY = "sk-canaryQ7f3Z9xLmW2"
 CANARY_COOKIE = "canarycookieV8k2"

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from codexbridge.bridge.upstream import UpstreamError, UpstreamPool, UpstreamSettings, UpstreamTimeout
-from support import BIN, free_port, start_process, start_upstream
+from codexbridge.tools.procs import free_port, mitmdump_binary
+from support.certs import make_certs
+from support.processes import start_process
+from support.upstream import start_upstream
 
 
 def run(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -171,7 +174,7 @@ def next_proxy(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     """A real mitmdump in regular mode (no addon) that requires proxy authentication."""
     tmp = tmp_path_factory.mktemp("next-proxy")
     port = free_port()
-    proc = start_process([str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(port),
+    proc = start_process([str(mitmdump_binary()), "--listen-host", "127.0.0.1", "--listen-port", str(port),
                           "--set", f"confdir={tmp}", "--set", "proxyauth=u:secret", "--set", "ssl_insecure=true"],
                          port, tmp / "mitmdump.log")
     yield port, tmp / "mitmproxy-ca-cert.pem"
@@ -184,8 +187,6 @@ async def test_through_the_next_proxy(tls: bool, tmp_path: Path, next_proxy: tup
     port, proxy_ca = next_proxy
     flags: list[str] = []
     if tls:
-        from test_deployment import make_certs
-
         certs = make_certs(tmp_path / "certs")
         flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
     upstream = start_upstream(tmp_path, *flags)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from support import Codex
+from support.codex import Codex
 
 
 async def _run_thread(codex: Codex, prompts: list[str], timeout: float) -> list[str]:

@@ -56,12 +56,14 @@ def mitmdump_binary() -> Path:
 
 
 def mitmdump_command(upstream: str, port: int, options: Sequence[str] = (), *, host: str = "127.0.0.1",
-                     quiet: bool = False, scripts: Sequence[str] = ("bridge",)) -> list[str]:
-    """`mitmdump -s <bridge.py> --mode reverse:UPSTREAM ...` on host:port, lazy upstream connections."""
+                     quiet: bool = False, scripts: Sequence[str] = ("bridge",), mode: str = "") -> list[str]:
+    """`mitmdump -s <bridge.py> --mode reverse:UPSTREAM ...` on host:port, lazy upstream connections.
+
+    `mode` replaces `reverse:UPSTREAM` (regular, transparent, ...); `host=""` listens on every address."""
     cmd = [str(mitmdump_binary())]
     for name in scripts:
         cmd += ["-s", str(script_path(name))]
-    cmd += ["--mode", f"reverse:{upstream}", "--listen-host", host, "--listen-port", str(port),
+    cmd += ["--mode", mode or f"reverse:{upstream}", "--listen-host", host, "--listen-port", str(port),
             "--set", "connection_strategy=lazy"]
     return cmd + [a for opt in options for a in ("--set", opt)] + (["-q"] if quiet else [])
 
@@ -96,6 +98,7 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
 
 def die_with_parent() -> None:
     """A child's preexec_fn: the child gets SIGTERM when the tool that started it dies, even by SIGKILL (Linux)."""

@@ -1,0 +1,47 @@
+"""Process fixtures: one mock upstream (fresh state per test), one bridge and one WebSocket upstream per module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.codex import Codex
+from support.mitmdump import Mitmdump, start_mitmdump
+from support.upstream import Upstream, start_upstream
+
+
+@pytest.fixture(scope="module")
+def upstream(module_tmp: Path) -> Iterator[Upstream]:
+    """The SSE-only mock upstream (405 to WebSocket upgrades)."""
+    up = start_upstream(module_tmp)
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def ws_upstream(module_tmp: Path) -> Iterator[Upstream]:
+    """The mock upstream that also speaks the Responses WebSocket mode itself."""
+    up = start_upstream(module_tmp, "--websocket")
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def bridge(module_tmp: Path, upstream: Upstream) -> Iterator[Mitmdump]:
+    proxy = start_mitmdump(module_tmp, upstream.url)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+@pytest.fixture
+def codex(tmp_path: Path) -> Codex:
+    """The real Codex CLI with a CODEX_HOME of its own (skipped without it, failed under CI=true)."""
+    return Codex.make(tmp_path)

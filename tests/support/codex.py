@@ -1,0 +1,114 @@
+"""The real Codex CLI with its own CODEX_HOME, pointed at a base URL, run one prompt at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support import ROOT, need
+
+
+def codex_binary() -> str | None:
+    explicit = os.environ.get("CODEXBRIDGE_CODEX")
+    if explicit:
+        return explicit
+    local = ROOT / ".tools" / "codex" / "node_modules" / ".bin" / "codex"
+    if local.exists():
+        return str(local)
+    return shutil.which("codex")
+
+
+def quiet_codex_config(instructions: Path) -> str:
+    """Config keys that keep Codex offline and its requests free of its own long texts."""
+    return f"""
+model_instructions_file = "{instructions}"
+include_permissions_instructions = false
+include_apps_instructions = false
+include_collaboration_mode_instructions = false
+include_environment_context = false
+project_doc_max_bytes = 0
+web_search = "disabled"
+check_for_update_on_startup = false
+[skills]
+include_instructions = false
+[agents]
+enabled = false
+[tools.experimental_request_user_input]
+enabled = false
+[analytics]
+enabled = false
+[features]
+plugins = false
+shell_snapshot = false
+goals = false
+view_image = false
+unbounded_connection_retries = false
+"""
+
+
+@dataclass
+class CodexRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Codex:
+    """The real Codex CLI with its own CODEX_HOME pointing at a base URL."""
+
+    binary: str
+    home: Path
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, tmp: Path) -> Codex:
+        binary = codex_binary()
+        need("the Codex CLI (scripts/setup.sh --test installs it)", binary is not None)
+        assert binary is not None
+        home = Path(tempfile.mkdtemp(prefix="codex-home-", dir=tmp))
+        work = Path(tempfile.mkdtemp(prefix="codex-work-", dir=tmp))
+        return cls(binary, home, work)
+
+    def configure(self, base_url: str, websockets: bool = True, extra: str = "",
+                  provider: dict[str, Any] | None = None) -> None:
+        settings: dict[str, Any] = {
+            "name": "Local mock",
+            "base_url": base_url,
+            "env_key": "MOCK_API_KEY",
+            "wire_api": "responses",
+            "request_max_retries": 0,
+            "stream_max_retries": 1,
+            "supports_websockets": websockets,
+            **(provider or {}),
+        }
+        lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        (self.home / "config.toml").write_text(
+            'model = "gpt-5.5"\nmodel_provider = "mock"\n' + extra + "\n[model_providers.mock]\n" + "\n".join(lines) + "\n"
+        )
+
+    def run(self, *args: str, timeout: float = 120) -> CodexRun:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(self.home),
+            "CODEX_HOME": str(self.home),
+            "MOCK_API_KEY": "sk-test-codexbridge",
+            "NO_COLOR": "1",
+            **self.env,
+        }
+        proc = subprocess.run(
+            [self.binary, *args], cwd=self.workdir, env=env, capture_output=True, timeout=timeout, text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        return CodexRun(proc.returncode, proc.stdout, proc.stderr)
+
+    def exec(self, prompt: str, *extra: str, timeout: float = 120) -> CodexRun:
+        return self.run("exec", "--skip-git-repo-check", "--sandbox", "danger-full-access", *extra, prompt,
+                        timeout=timeout)
