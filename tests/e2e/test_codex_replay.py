@@ -1,4 +1,7 @@
-"""A real Codex session recorded through mitmdump, then replayed offline as Codex's only upstream."""
+"""A real Codex session recorded through mitmdump, then replayed offline as Codex's only upstream.
+
+The replay is the project's own pytest plugin (`codexbridge` fixture): it serves the fresh recording over the
+WebSocket mode and over HTTP + SSE, and fails the test if Codex's requests differ from the recorded ones."""
 
 from __future__ import annotations
 
@@ -7,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from codexbridge.recording.schema import load
+from codexbridge.testing.cassette import Cassette
 from support import ROOT
 from support.codex import Codex, quiet_codex_config
 from support.mitmdump import start_mitmdump
-from support.upstream import start_replay_server, start_upstream
+from support.upstream import start_upstream
 
 pytestmark = pytest.mark.codex
 
 
 @pytest.mark.parametrize("websockets", [True, False], ids=["replayed-over-websocket", "replayed-over-http"])
-def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, codex: Codex, websockets: bool) -> None:
+def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, codex: Codex, codexbridge: Cassette,
+                                                             websockets: bool) -> None:
     rec_dir = tmp_path / "rec"
     upstream = start_upstream(tmp_path)
     proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40")
@@ -26,22 +31,19 @@ def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, cod
         live = codex.exec("run echo")
     finally:
         proxy.stop()
+        upstream.stop()  # offline from here on: the replay is the only upstream
     assert live.returncode == 0 and "tool said: hello-from-tool" in live.stdout, live.stderr
     (recording,) = rec_dir.glob("*.jsonl")
     assert load(str(recording)).complete
 
-    upstream.stop()  # offline from here on: the replay is the only upstream
-    server = start_replay_server(tmp_path, recording)
-    try:
-        codex.configure(f"{server.url}/v1", websockets=websockets, extra=quiet)
-        replayed = codex.exec("run echo")
-        report = server.report()
-    finally:
-        server.stop()
+    codexbridge.use(recording)
+    codex.configure(codexbridge.upstream_url, websockets=websockets, extra=quiet)
+    replayed = codex.exec("run echo")
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout == live.stdout
-    assert report["divergences"] == [], report
+    assert codexbridge.divergences == []
+    served = codexbridge.summary()
     if websockets:
-        assert report["turns_served"] == report["turns_total"] == 3  # prewarm, turn, tool follow-up
+        assert served["turns"] == served["turns_recorded"] == 3, served  # prewarm, turn, tool follow-up
     else:
-        assert report["posts_served"] == report["posts_total"] == 2
+        assert served["posts"] == served["posts_recorded"] == 2, served
