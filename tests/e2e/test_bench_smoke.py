@@ -11,10 +11,11 @@ from pathlib import Path
 
 from support import BIN
 
-WORKLOADS = ("burst", "paced", "first", "handshake", "idle")
+WORKLOADS = ("burst", "paced", "first", "handshake", "idle", "storm")
 SSE_ONLY = ("burst", "paced", "first")  # no upgrade handshake and no pings over POST + SSE
 CONFIGS = {"a_sse": SSE_ONLY, "a_ws": WORKLOADS, "b_sse": SSE_ONLY, "b_ws": WORKLOADS, "c": WORKLOADS,
-           "d": WORKLOADS, "e": WORKLOADS}
+           "d": WORKLOADS, "e": WORKLOADS, "f": WORKLOADS}
+PAIRED = {"d": ("recording_cost", "recording_cpu"), "f": ("tls_cpu",)}  # against the reference bridge
 
 
 def test_bench_quick(tmp_path: Path) -> None:
@@ -25,7 +26,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "codexbridge bench" in proc.stdout and "targets" in proc.stdout, proc.stdout
-    for label in ("a direct SSE", "a direct WS", "b mitmproxy WS", "c bridge", "d bridge+rec", "e passthrough"):
+    for label in ("a direct SSE", "a direct WS", "b mitmproxy WS", "c bridge", "d bridge+rec", "e passthrough",
+                  "f bridge TLS"):
         assert label in proc.stdout
 
     report = json.loads(out.read_text())
@@ -42,4 +44,12 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert report["results"]["c"]["idle"]["opened"] > 0
     assert report["results"]["c"]["idle"]["pings"] > 0
     assert report["results"]["e"]["idle"]["pings"] > 0
-    assert report["targets"], "the targets section is missing"
+    for key, names in PAIRED.items():
+        for name in names:
+            figure = report["figures"][key].get(name)
+            assert isinstance(figure, (int, float)), f"no paired figure {name} for {key}: {report['results'][key]}"
+    assert report["results"]["f"]["idle"]["pings"] > 0, "pings reach a client over TLS"
+    assert report["results"]["c"]["storm"]["n"] == report["params"]["storm"]
+    targets = {t["target"] for t in report["targets"]}
+    assert any("TLS" in t for t in targets) and any("recording worker" in t for t in targets), targets
+    assert any("opening at once" in t for t in targets), targets

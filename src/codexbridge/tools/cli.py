@@ -402,16 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--ca", metavar="FILE", help="Trust this PEM CA bundle.")
     probe.add_argument("--json", action="store_true", help="Print the report as JSON on stdout (for CI).")
     probe.set_defaults(func=cmd_probe)
-    bench = sub.add_parser("bench", help="Benchmark direct, plain mitmproxy, bridge, bridge+recording and "
-                           "passthrough on loopback (one run, rich table, JSON).")
+    bench = sub.add_parser("bench", help="Benchmark direct, plain mitmproxy, bridge, bridge+recording, "
+                           "passthrough and the bridge with a TLS client on loopback (one run, rich table, JSON).")
     bench.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test well under a minute.")
     bench.add_argument("--sessions", type=int, help="Concurrent paced sessions (default 200).")
     bench.add_argument("--idle", type=int, help="Idle sessions held open with pings (default 2000).")
     bench.add_argument("--burst", type=int, help="Deltas in the one-session burst (default 20000).")
     bench.add_argument("--repeats", type=int, help="First-event repeats over a warm connection (default 200).")
     bench.add_argument("--idle-hold", type=float, help="Seconds the idle sessions are held open (default 15).")
-    bench.add_argument("--only", help="Configurations to run, from a,b,c,d,e (default: all).")
-    bench.add_argument("--workloads", help="Workloads, from burst,paced,first,handshake,idle (default: all).")
+    bench.add_argument("--only", help="Configurations to run, from a,b,c,d,e,f (default: all).")
+    bench.add_argument("--workloads", help="Workloads, from burst,paced,first,handshake,idle,storm (default: all).")
     bench.add_argument("--json", metavar="FILE", help="Where to write all figures (default: codexbridge-bench.json).")
     bench.add_argument("--metrics", action="store_true", help="Run the bridge and passthrough proxies with "
                        "codexbridge_metrics on (to compare with a run without).")
