@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -15,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from codexbridge.bridge.response_run import Downstream, ResponseRun
 from codexbridge.bridge.upstream import UpstreamPool, UpstreamSettings
 from codexbridge.responses import steering
-from codexbridge.responses.conversation import ClientFrameError, Conversation, PreparedRequest, validate_client_frame
+from codexbridge.responses.conversation import (
+    ClientFrameError,
+    Conversation,
+    PreparedRequest,
+    parse_client_frame,
+    validate_client_frame,
+)
 from codexbridge.responses.events import dumps, user_message
 from codexbridge.responses.headers import upstream_request_headers
 from codexbridge.responses.steering import PendingSteers, Steer, SteerError
@@ -41,6 +46,9 @@ class ClientChannel(Protocol):
 
     def response_state(self, in_flight: bool) -> None:
         """Responses started or all ended (the text keepalive runs only in between)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Closes the client connection; the session hears of it through on_client_closed."""
 
 
 class ResponseMeter(Protocol):
@@ -111,10 +119,7 @@ class BridgeSession:
         """Handles one complete client text frame; what it answers at once is sent before this returns."""
         self.stats.client_frames += 1
         try:
-            frame = validate_client_frame(json.loads(text))
-        except json.JSONDecodeError as e:
-            self._client_error(ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}"))
-            return
+            frame = validate_client_frame(parse_client_frame(text))
         except ClientFrameError as e:
             self._client_error(e)
             return
@@ -232,6 +237,21 @@ class BridgeSession:
     def _ended(self, run: ResponseRun, lane: Lane, task: asyncio.Task[None]) -> None:
         """A response's task is over (its run settled it), or was cancelled, even before it started: its active
         slot goes to waiting work."""
+        try:
+            self._free_slot(run, lane, task)
+        except Exception:  # noqa: BLE001 - fail() logs it; a bug here must end the session, not leave it hanging
+            self.fail()
+
+    def fail(self) -> None:
+        """An unexpected exception (logged here) ends the session: its client is closed with 1011."""
+        log.exception("stage=bridge_error; closing the session with 1011")
+        self.channel.close(1011, "codexbridge internal error")
+        try:
+            self.on_client_closed()
+        except Exception:  # already failing: the log has the first error
+            log.exception("stage=bridge_error while ending the session")
+
+    def _free_slot(self, run: ResponseRun, lane: Lane, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             log.debug("upstream request cancelled")
         elif task.exception() is not None:  # run() reports its own failures: this is a bug

@@ -118,6 +118,27 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
     _handle_event = start
 
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """mitmproxy's dispatch, with a net: an unexpected exception ends this session (a log line, 1011 to the
+        client) instead of reaching mitmproxy's "crashed" handler, which would leave the connection hanging."""
+        try:
+            yield from super().handle_event(event)
+        except Exception:  # whatever it is, it must not escape into mitmproxy
+            log.exception("stage=bridge_error client=%s; closing the session with 1011", self.context.client.peername)
+            self._paused = None
+            self._handle_event = self._close_after_fault
+            yield from super().handle_event(event)
+
+    def _close_after_fault(self, event: events.Event) -> layer.CommandGenerator[None]:
+        self._handle_event = self.done
+        if not self.client_gone and self.outbox is not None:
+            yield from self._close_client(1011, "codexbridge internal error")
+        elif not self.client_gone:
+            self.client_gone = True
+            yield commands.CloseConnection(self.context.client)
+        if self.hooks is None and getattr(self, "server_ws", None) is not None:
+            yield from self._close_server()
+
     # -- passthrough ------------------------------------------------------------------------
 
     @expect(events.DataReceived, events.ConnectionClosed, ws_layers.WebSocketMessageInjected)

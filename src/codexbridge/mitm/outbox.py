@@ -119,6 +119,11 @@ class ClientOutbox:
             writer.write(data)
         return True
 
+    def close(self, code: int, reason: str) -> None:
+        """Asks the flow's layer to close the client with this code, in its next turn (from anywhere)."""
+        if not self.closed:
+            self.connections.feed_soon(BridgeInjected(self.flow, placeholder_message(), close=(code, reason)))
+
     def hold(self) -> None:
         """Until take(), what is sent is kept for the layer, which yields it in its turn."""
         self._held = []

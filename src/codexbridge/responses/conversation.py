@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +12,10 @@ from codexbridge.responses.events import TERMINAL_EVENTS, user_message
 
 # Keys of a response.create frame that belong to the WebSocket protocol, never to the POST body.
 WS_ONLY_KEYS = frozenset({"type", "previous_response_id", "generate"})
+
+# How deep a client frame may nest JSON arrays and objects (Codex nests a few levels, tool schemas a few dozen).
+MAX_JSON_DEPTH = 256
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # may start a lone UTF-16 surrogate: checked exactly
 
 
 class ClientFrameError(Exception):
@@ -157,6 +163,40 @@ class Conversation:
         ):
             _, old = self._histories.popitem(last=False)
             self._bytes -= old.nbytes
+
+
+def parse_client_frame(raw: str | bytes) -> Any:
+    """The JSON of a client text frame; ClientFrameError when it is not JSON, nests deeper than MAX_JSON_DEPTH,
+    or holds a lone surrogate escape (such as "\\ud800": not Unicode, so it could not be sent on as UTF-8)."""
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        frame = json.loads(text)
+    except RecursionError:
+        raise ClientFrameError("invalid_json", f"Client frame nests JSON deeper than {MAX_JSON_DEPTH} levels.") from None
+    except ValueError as e:
+        raise ClientFrameError("invalid_json", f"Client frame is not valid JSON: {e}") from None
+    if isinstance(frame, (dict, list)) and text.count("[") + text.count("{") > MAX_JSON_DEPTH \
+            and _nested_deeper(frame, MAX_JSON_DEPTH):
+        raise ClientFrameError("invalid_json", f"Client frame nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(frame, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ClientFrameError("invalid_json", "Client frame holds a lone UTF-16 surrogate escape (\\ud800-\\udfff "
+                                   "without its pair), which is not Unicode text.") from None
+    return frame
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (item.values() if isinstance(item, dict) else item):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 def validate_client_frame(frame: Any) -> dict[str, Any]:
