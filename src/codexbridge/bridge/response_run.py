@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import re
@@ -38,6 +39,11 @@ _NEEDS_PARSE = re.compile(
     rb"response\.(?:output_item\.done|completed|failed|incomplete|cancelled|created)|\"error\""
 )
 _MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamInvalidText(UpstreamError):
+    """An upstream event that is not UTF-8: a WebSocket text frame must be (RFC 6455 8.1), and over HTTP Codex
+    fails the stream on it too, so the response ends with an error frame instead."""
 
 
 class Downstream:
@@ -87,6 +93,9 @@ class ResponseRun:
         self._exchange: Exchange | None = None
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()  # validates reads that are not ASCII
+        self._utf8_carry = False  # it holds the start of a character split between two reads
+        self._unchecked = False  # the SSE decoder holds bytes of a read that failed that check: events are checked
 
     @property
     def response_id(self) -> str | None:
@@ -160,6 +169,10 @@ class ResponseRun:
             failure = "timeout mid-stream"
             if self.tracker.terminal is None:  # after the terminal event the client has its answer
                 await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
+        except UpstreamInvalidText as e:
+            failure = f"invalid event: {e}"
+            if self.tracker.terminal is None:
+                await self.error(error_frame(502, "upstream_invalid_utf8", str(e)))
         except UpstreamError as e:
             failure = f"stream broke: {e}"
             if self.tracker.terminal is None:
@@ -202,7 +215,14 @@ class ResponseRun:
         parse: list[bytes] = []  # events the history rules must read: after the batch went out
         needs_parse = _NEEDS_PARSE.search
         verbatim = prefix is None  # every event goes out as the upstream sent it
+        checked = ((chunk.isascii() and not self._utf8_carry) or self._valid_utf8(chunk)) and not self._unchecked
+        invalid: UpstreamInvalidText | None = None
         for name, data in self._decoder.feed(chunk):
+            if not checked and not data.isascii():
+                invalid = _invalid_utf8(name, data)
+                if invalid is not None:
+                    verbatim = False  # the client gets only the events before it
+                    break
             if data[:1] == b"[" and data.strip() == b"[DONE]":
                 verbatim = False  # the end-of-stream sentinel of some gateways: not an event
                 continue
@@ -216,6 +236,7 @@ class ResponseRun:
             elif needs_parse(data):
                 parse.append(data)
             batch.append(data if prefix is None else tag(data, prefix))
+        self._unchecked = not checked and self._decoder.pending
         if rec is not None and verbatim and batch:
             rec.relayed_next()
         sent = bool(batch) and self._down.emit(batch, False)
@@ -229,10 +250,24 @@ class ResponseRun:
                 pass
         if terminal is None and tracker.terminal is not None:
             self._on_settle(self)  # right after the terminal event went out
+        if invalid is not None:
+            raise invalid  # the connection fails with it: its task ends the response with an error frame
         if sent and self._draining is None and self._down.congested():
             assert self._conn is not None
             self._conn.pause()
             self._draining = asyncio.get_running_loop().create_task(self._resume_when_drained(self._conn))
+
+    def _valid_utf8(self, chunk: bytes) -> bool:
+        """A read that is not plain ASCII, validated as a whole (a character may be split between two reads); when
+        it is not valid, each of its events is checked on its own (the invalid bytes may be in a comment)."""
+        try:
+            self._utf8.decode(chunk)
+        except UnicodeDecodeError:
+            self._utf8.reset()
+            self._utf8_carry = False
+            return False
+        self._utf8_carry = bool(self._utf8.getstate()[0])
+        return True
 
     async def _resume_when_drained(self, conn: Connection) -> None:
         try:
@@ -265,6 +300,16 @@ class ResponseRun:
     def _record_end(self, error: str | None) -> None:
         if self._recorder is not None:
             self._recorder.upstream_end(error)
+
+
+def _invalid_utf8(name: str, data: bytes) -> UpstreamInvalidText | None:
+    try:
+        data.decode()
+    except UnicodeDecodeError as e:
+        return UpstreamInvalidText(
+            f"Upstream event {name or '(unnamed)'} is not valid UTF-8 ({e.reason} at byte {e.start}: "
+            f"{data[e.start:e.start + 4]!r}); the response ends here.")
+    return None
 
 
 def _typed(name: str, data: bytes) -> bytes | None:
