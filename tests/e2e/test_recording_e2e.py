@@ -16,7 +16,10 @@ import httpx
 import websockets
 
 from codexbridge.recording.schema import load
+from codexbridge.tools.procs import child_pids, free_port
+from support import BIN
 from support.mitmdump import start_mitmdump
+from support.processes import start_process
 from support.upstream import Upstream
 
 CANARY = "sk-canaryQ7f3Z9xLmW2"
@@ -149,6 +152,76 @@ def test_kill_9_leaves_a_readable_file_up_to_the_last_event(module_tmp: Path, up
     recorded = [frame for e in rec.events if e.kind == "to_client" for frame in e.frames]
     assert recorded[: len(received)] == received, "every frame the client got is in the file, in order"
     assert len(recorded) >= len(received)
+
+
+def test_kill_9_under_load_keeps_every_frame_the_clients_received(module_tmp: Path) -> None:
+    """10 paced and 10 bursting sessions recording, then SIGKILL of mitmdump: every frame any client got is in its
+    session's recording, in order (the recording worker outlives the proxy and drains what it was given)."""
+    port = free_port()
+    bench_upstream = start_process([str(BIN / "python"), "-m", "codexbridge.tools.bench_servers", "--port", str(port)],
+                                   port, module_tmp / "bench-upstream.log")
+    rec_dir = module_tmp / "rec-kill-load"
+    proxy = start_mitmdump(module_tmp, f"http://127.0.0.1:{port}", f"codexbridge_record={rec_dir}")
+    received: dict[str, list[str]] = {}
+    workers: list[int] = []
+
+    async def session(name: str, deltas: int, pace_ms: int) -> None:
+        frames = received[name] = []
+        try:
+            async with websockets.connect(proxy.ws_url, max_size=None) as ws:
+                while True:
+                    await ws.send(json.dumps(create(name, metadata={"bench_deltas": str(deltas),
+                                                                    "bench_pace_ms": str(pace_ms)})))
+                    while True:
+                        frame = await ws.recv()
+                        assert isinstance(frame, str)
+                        frames.append(frame)
+                        if '"response.completed"' in frame[:80]:
+                            break
+        except (websockets.ConnectionClosed, OSError):
+            pass
+
+    async def go() -> None:
+        tasks = [asyncio.create_task(session(f"paced-{i}", 200, 20)) for i in range(10)]
+        tasks += [asyncio.create_task(session(f"burst-{i}", 20_000, 0)) for i in range(10)]
+        await asyncio.sleep(3.0)
+        workers.extend(child_pids(proxy.proc.pid))
+        os.kill(proxy.proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(go())
+        proxy.proc.wait()
+        assert workers, "the recording worker was running"
+        for _ in range(600):  # it drains the spool, then exits
+            if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the recording worker did not finish within 30 s of the kill")
+    finally:
+        proxy.stop()
+        bench_upstream.stop()
+    by_session: dict[str, list[str]] = {}
+    for f in recordings(rec_dir):
+        rec = load(str(f))
+        first = next(e for e in rec.events if e.kind == "client_frame")
+        name = json.loads(first.text or "{}")["input"][0]["content"][0]["text"]
+        by_session[name] = [frame for e in rec.events if e.kind == "to_client" for frame in e.frames]
+    missing = {name: len(frames) for name, frames in received.items() if name not in by_session}
+    assert not missing, f"sessions without a recording: {missing}"
+    lost = {}
+    for name, frames in received.items():
+        recorded = by_session[name]
+        same = next((i for i, (a, b) in enumerate(zip(frames, recorded, strict=False)) if a != b),
+                    min(len(frames), len(recorded)))
+        if same < len(frames):
+            lost[name] = len(frames) - same
+    total = sum(map(len, received.values()))
+    bursts = sum(len(v) for k, v in received.items() if k.startswith("burst"))
+    assert bursts > 50_000, f"the bursting clients received only {bursts} frames: no load to speak of"
+    assert not lost, f"frames clients received that are not in the recordings: {sum(lost.values())} of {total} ({lost})"
 
 
 def test_unwritable_recording_is_loud_and_harmless(module_tmp: Path, upstream: Upstream) -> None:

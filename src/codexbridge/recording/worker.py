@@ -1,104 +1,266 @@
-"""The recording worker process: reads events from the proxy on stdin and writes recordings."""
+"""The recording worker process: reads the proxy's spool (see pipe.py) and writes the recordings.
+
+Run by the proxy as `python -m codexbridge.recording.worker SPOOL_FD`, with the spool inherited and a pipe from the
+proxy on stdin that is never written: its EOF (the proxy closed it, or died) means drain the spool and finish.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
 import os
 import pickle
 import select
 import signal
-import struct
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
+from codexbridge.recording.pipe import (
+    CALL,
+    CLIENT_BINARY,
+    CLIENT_TEXT,
+    COMPLETE,
+    COUNT,
+    DISCARD,
+    OPEN,
+    PROGRESS,
+    RECORD,
+    SERVER_BINARY,
+    SERVER_TEXT,
+    SHUTDOWN,
+    SPOOL_START,
+    TEXT_KEEPALIVE,
+    TO_CLIENT,
+    TO_CLIENT_RELAYED,
+    TO_CLIENT_SYNTHETIC,
+    UPSTREAM_CHUNK,
+)
 from codexbridge.recording.schema import HttpMessage, Redactor
 from codexbridge.recording.writer import SessionRecorder
 
 log = logging.getLogger("codexbridge.recording.writer")
-_HEADER = struct.Struct("!I")
+
+READ_SIZE = 1 << 20  # bytes taken from the spool at once
+BUSY_POLL = 0.01  # seconds between two looks at the spool while events come
+IDLE_POLL = 0.1  # ... backing off to this while none come
+FLUSH_EVERY = 0.25  # seconds a recording's written lines may wait in its file buffer while events keep coming
+PUBLISH_EVERY = 1 << 20  # bytes read between two updates of the progress the proxy reads
+RELEASE_EVERY = 8 << 20  # bytes read between two releases of the spool's read part
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
-    data = stream.read(n)
-    return data if data is not None and len(data) == n else None
+def _frames(payload: bytes) -> tuple[bytes, bytes]:
+    """The joined frames and their lengths (array 'I' bytes) of a TO_CLIENT payload."""
+    n = COUNT.unpack_from(payload)[0]
+    start = COUNT.size + 4 * n
+    return payload[start:], payload[COUNT.size:start]
 
 
-def _input_waiting(stream: BinaryIO) -> bool:
-    """More bytes on the pipe right now (bytes the reader already buffered count as none: one flush more)."""
-    try:
-        return bool(select.select([stream], [], [], 0)[0])
-    except (OSError, ValueError):
-        return False
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", "surrogatepass")
 
 
-def serve(stream: BinaryIO) -> None:
-    """Processes messages until EOF; each open session is closed (not marked complete) at the end.
-
-    Recordings are flushed whenever the input runs dry (not after every event): a burst costs one
-    flush, and nothing the proxy sent stays unwritten once the worker is idle."""
-    sessions: dict[int, SessionRecorder] = {}
-    failed: set[int] = set()  # sessions whose failure was reported to the proxy
-    redactors: dict[tuple[str, ...], Redactor] = {}
-    dirty: set[SessionRecorder] = set()
-    while True:
-        if dirty and not _input_waiting(stream):
-            for written in dirty:
-                written.flush()
-            dirty.clear()
-        header = _read_exactly(stream, _HEADER.size)
-        if header is None:
-            break
-        body = _read_exactly(stream, _HEADER.unpack(header)[0])
-        if body is None:
-            break
-        key, name, args = pickle.loads(body)
-        if name == "open":
-            directory, mode, upstream, request, patterns, elide_over, label, path, started = args
-            redactor = redactors.get(tuple(patterns))
-            if redactor is None:
-                redactor = redactors[tuple(patterns)] = Redactor(patterns)
-            sessions[key] = SessionRecorder(
-                directory, mode, upstream, HttpMessage.model_validate(request), redactor, elide_over, label,
-                path=Path(path), started=dt.datetime.fromisoformat(started),
-            )
-            sessions[key].flush_each = False
-            _report(sessions[key], key, failed)
-            continue
-        recorder = sessions.get(key)
-        if recorder is None:
-            continue
-        recorder.fixed_t = args[0]
-        getattr(recorder, name)(*args[1:])
-        _report(recorder, key, failed)
-        if name in ("complete", "shutdown", "discard"):
-            del sessions[key]
-            dirty.discard(recorder)
-        elif recorder.dirty:
-            dirty.add(recorder)
-    for still_open in sessions.values():
-        still_open.close_file()
+# What each op calls on the session's recorder, with its payload.
+HANDLERS: dict[int, Callable[[SessionRecorder, bytes], None]] = {
+    UPSTREAM_CHUNK: lambda r, p: r.upstream_chunk(p),
+    TO_CLIENT_RELAYED: lambda r, p: r.to_client_relayed(COUNT.unpack(p)[0]),
+    TO_CLIENT: lambda r, p: r.to_client_packed(*_frames(p), synthetic=False),
+    TO_CLIENT_SYNTHETIC: lambda r, p: r.to_client_packed(*_frames(p), synthetic=True),
+    CLIENT_TEXT: lambda r, p: r.client_frame(_text(p)),
+    CLIENT_BINARY: lambda r, p: r.client_frame(p),
+    SERVER_TEXT: lambda r, p: r.server_frame(_text(p)),
+    SERVER_BINARY: lambda r, p: r.server_frame(p),
+    TEXT_KEEPALIVE: lambda r, p: r.text_keepalive(),
+    CALL: lambda r, p: _call(r, *pickle.loads(p)),
+}
+ENDS = {COMPLETE: SessionRecorder.complete, SHUTDOWN: SessionRecorder.shutdown, DISCARD: SessionRecorder.discard}
 
 
-def _report(recorder: SessionRecorder, key: int, failed: set[int]) -> None:
-    """One byte on stdout per recording that failed, for the proxy's metrics (the proxy reads them when scraped)."""
-    if recorder.failed and key not in failed:
-        failed.add(key)
+def _call(recorder: SessionRecorder, name: str, args: tuple[object, ...]) -> None:
+    getattr(recorder, name)(*args)
+
+
+class Spool:
+    """Reads the spool's records in order; publishes its progress and frees what it has read."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.read_to = SPOOL_START  # the spool offset of the first byte not read yet
+        self.rest = b""  # a record read only in part (the proxy is writing it, or was killed while writing it)
+        self._published = self._released = SPOOL_START
+        self._punch: Callable[..., int] | None = None
         try:
-            os.write(1, b"F")
-        except OSError:
+            libc = ctypes.CDLL(None, use_errno=True)
+            punch = libc.fallocate
+            punch.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            punch.restype = ctypes.c_int
+            self._punch = punch
+        except (OSError, AttributeError):
             pass
+
+    def read(self) -> tuple[bytes, int, bool]:
+        """The bytes available (after the part record held back), where complete records end in them, and whether
+        the read filled the buffer (more may be waiting)."""
+        want = READ_SIZE
+        if len(self.rest) >= RECORD.size:  # a record larger than one read: the rest of it at once
+            want = max(want, RECORD.size + RECORD.unpack_from(self.rest)[0] - len(self.rest))
+        chunk = os.pread(self.fd, want, self.read_to)
+        self.read_to += len(chunk)
+        data = self.rest + chunk if self.rest else chunk
+        end = 0
+        size = len(data)
+        header = RECORD.size
+        while end + header <= size:
+            record_end = end + header + RECORD.unpack_from(data, end)[0]
+            if record_end > size:
+                break
+            end = record_end
+        self.rest = data[end:]
+        return data, end, len(chunk) == want
+
+    @property
+    def consumed(self) -> int:
+        return self.read_to - len(self.rest)
+
+    def progress(self) -> None:
+        consumed = self.consumed
+        if consumed - self._published >= PUBLISH_EVERY:
+            self._published = consumed
+            try:
+                os.pwrite(self.fd, PROGRESS.pack(consumed), 0)
+            except OSError:
+                pass
+        release_to = consumed - consumed % 4096
+        if self._punch is not None and release_to - self._released >= RELEASE_EVERY:
+            if self._punch(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, self._released,
+                           release_to - self._released) != 0:
+                log.warning("the recording spool cannot free what was read on this file system (%s); it grows "
+                            "until the proxy stops", os.strerror(ctypes.get_errno()))
+                self._punch = None
+            self._released = release_to
+
+
+class Worker:
+    """The open recordings, fed record by record."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, SessionRecorder] = {}
+        self.starts: dict[int, float] = {}  # the proxy's monotonic clock when each session began
+        self.failed: set[int] = set()  # sessions whose failure was reported to the proxy
+        self.redactors: dict[tuple[str, ...], Redactor] = {}
+        self.dirty: set[SessionRecorder] = set()
+
+    def records(self, data: bytes, end: int) -> None:
+        pos = 0
+        unpack = RECORD.unpack_from
+        header = RECORD.size
+        sessions, starts, dirty = self.sessions, self.starts, self.dirty
+        while pos < end:
+            size, key, op, clock = unpack(data, pos)
+            payload = data[pos + header:pos + header + size]
+            pos += header + size
+            recorder = sessions.get(key)
+            if recorder is None:
+                if op == OPEN:
+                    self.open(key, clock, payload)
+                continue
+            recorder.fixed_t = round(clock - starts[key], 6)
+            handler = HANDLERS.get(op)
+            if handler is not None:
+                handler(recorder, payload)
+                if recorder.dirty:
+                    dirty.add(recorder)
+            elif op in ENDS:
+                ENDS[op](recorder)
+                del sessions[key], starts[key]
+                dirty.discard(recorder)
+            if recorder.failed:
+                self.report(key)
+
+    def open(self, key: int, clock: float, payload: bytes) -> None:
+        directory, mode, upstream, request, patterns, elide_over, label, path, started = pickle.loads(payload)
+        redactor = self.redactors.get(tuple(patterns))
+        if redactor is None:
+            redactor = self.redactors[tuple(patterns)] = Redactor(patterns)
+        recorder = SessionRecorder(directory, mode, upstream, HttpMessage.model_validate(request), redactor,
+                                   elide_over, label, path=Path(path), started=dt.datetime.fromisoformat(started))
+        recorder.flush_each = False
+        self.sessions[key] = recorder
+        self.starts[key] = clock
+        if recorder.failed:
+            self.report(key)
+
+    def flush(self) -> None:
+        for recorder in self.dirty:
+            recorder.flush()
+        self.dirty.clear()
+
+    def close_all(self) -> None:
+        """The proxy went away mid-session: the files end where the spool did (no completion line)."""
+        self.flush()
+        for still_open in self.sessions.values():
+            still_open.close_file()
+        self.sessions.clear()
+
+    def report(self, key: int) -> None:
+        """One byte on stdout per recording that failed, for the proxy's metrics (the proxy reads them when scraped)."""
+        if key not in self.failed:
+            self.failed.add(key)
+            try:
+                os.write(1, b"F")
+            except OSError:
+                pass
+
+
+def serve(spool_fd: int, lifeline: int) -> None:
+    """Processes the spool until the lifeline ends and the spool is drained."""
+    spool = Spool(spool_fd)
+    worker = Worker()
+    proxy_gone = False
+    idle_wait = BUSY_POLL
+    last_flush = time.monotonic()
+    while True:
+        data, end, more = spool.read()
+        if end:
+            worker.records(data, end)
+            spool.progress()
+        if more:
+            continue
+        if proxy_gone:
+            break  # drained; a record the proxy was killed in the middle of writing stays out
+        now = time.monotonic()
+        if end:
+            idle_wait = BUSY_POLL
+            if now - last_flush >= FLUSH_EVERY:
+                worker.flush()
+                last_flush = now
+        else:
+            worker.flush()  # nothing new: what was written reaches the files
+            last_flush = now
+            idle_wait = min(idle_wait * 2, IDLE_POLL)
+        try:
+            ready = select.select([lifeline], [], [], idle_wait)[0]
+        except InterruptedError:
+            continue
+        if ready:
+            try:
+                proxy_gone = not os.read(lifeline, 4096)
+            except OSError:
+                proxy_gone = True
+    worker.close_all()
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop only at EOF, after the last event is written
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop only when the proxy is gone, after the last event is written
     try:
         os.nice(10)  # live traffic first: on a busy machine the recorder catches up when the proxy idles
     except OSError:
         pass
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] codexbridge recorder: %(message)s", stream=sys.stderr)
-    serve(sys.stdin.buffer)
+    serve(int(sys.argv[1]), sys.stdin.fileno())
 
 
 if __name__ == "__main__":

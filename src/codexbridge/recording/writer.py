@@ -9,6 +9,7 @@ import os
 import re
 import time
 from array import array
+from json.encoder import encode_basestring  # what json.dumps(..., ensure_ascii=False) uses for a str
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ from codexbridge.wire.sse import SseDecoder
 
 log = logging.getLogger("codexbridge.recording.writer")
 
-# Cheap substrings that every built-in token pattern needs; a text without any skips the regex.
+# Cheap substrings that every built-in token pattern needs; a text without any skips the regex. (In CPython a
+# substring search is several times faster per character than any regular expression, even one alternation of
+# these: one pass of each over a read, with the previous read's tail, is the cheapest full scan.)
 _TRIGGERS = ("sk-", "eyJ", "earer", "EARER", "ghp_", "gho_", "ghu_", "ghs_", "github_pat", "xox", "AKIA")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _SPAN = 4096  # how far into the next read a token split across two reads is looked for
+_TAIL = 128  # how much of a read is kept to find a token that goes on in the next one
+_EVENT_END = (b"\n\n", b"\r\n\r\n")  # a read that ends with one ends at an event boundary
 
 
 def recording_path(directory: str, mode: str, label: str, started: dt.datetime) -> Path:
@@ -55,8 +60,16 @@ class SessionRecorder:
         self.dirty = False
         self._tail = ""
         self._chunks_clean = False  # the upstream reads of the current response held nothing to redact
-        self._sse = SseDecoder()  # the current response's events, for to_client_relayed()
-        self._relayed: list[bytes] = []  # events of the reads since the last relayed batch
+        # The current response's reads are in the file such that decoding them gives the frames relayed from them
+        # (as they came, or redacted or elided the way the frames would be): relayed batches are written as
+        # their count. Until one is not, the reads are not decoded here at all (the proxy sends the count).
+        self._by_reference = False
+        self._at_boundary = True  # the reads so far end at an event boundary
+        self._sse: SseDecoder | None = None  # decoding the current response's reads; None: not needed so far
+        self._undecoded: list[bytes] = []  # reads not decoded, since the last event boundary at a relayed batch
+        self._skip = 0  # events of those reads already relayed
+        self._restart = False  # reads before those were dropped at an event boundary
+        self._relayed: list[bytes] = []  # events decoded and not relayed yet
         started = started or dt.datetime.now(dt.UTC)
         self.path = path or recording_path(directory, mode, label, started)
         header = Header(
@@ -110,6 +123,8 @@ class SessionRecorder:
 
     def to_client(self, frames: list[bytes], synthetic: bool = False) -> None:
         if not synthetic:
+            if self._sse is None:
+                self._decode_now()
             self._relayed = []  # a relayed batch sent as it is: the decoded events are this batch
         texts = [f.decode("utf-8", "replace") for f in frames]
         # relayed frames are the events of the chunks just recorded: scanned already if those were clean
@@ -118,15 +133,35 @@ class SessionRecorder:
             texts = [self.text(t) for t in texts]
         self._event({"kind": "to_client", "t": self._t(), "frames": texts, "synthetic": synthetic})
 
-    def to_client_relayed(self) -> None:
+    def to_client_relayed(self, count: int | None = None) -> None:
         """The frames the client just got are the events of the upstream reads recorded since the last
-        batch, unchanged (the proxy then sends no copy of them)."""
-        frames, self._relayed = self._relayed, []
-        if self._chunks_clean and not self.elide_over:
-            # those reads are in the file as they came: the frames are stored by reference, not twice
-            self._event({"kind": "to_client", "t": self._t(), "relayed": len(frames), "synthetic": False})
-        else:
+        batch, unchanged (the proxy then sends their `count`, and no copy of them)."""
+        if count is None and self._sse is None:
+            self._decode_now()
+        if not self._by_reference:
+            frames, self._relayed = self._relayed, []
             self.to_client(frames, False)
+            return
+        if count is None:
+            count = len(self._relayed)
+        if self._sse is None:
+            self._skip += count
+            if self._at_boundary:  # nothing pending: these reads are done with
+                self._undecoded, self._skip, self._restart = [], 0, True
+        else:
+            self._relayed = []
+        # those reads are in the file: the frames are stored by reference, not twice
+        if self._file is not None:
+            self._write(f'{{"kind":"to_client","t":{self._t()!r},"relayed":{count},"synthetic":false}}\n')
+
+    def _decode_now(self) -> None:
+        """From here on the current response's reads are decoded as they come: decodes those not decoded yet."""
+        decoder = self._sse = SseDecoder()
+        if self._restart:
+            decoder.feed(b"\n")  # a decoder that has seen the response start (an empty line dispatches nothing)
+        if self._undecoded:
+            self._relayed = [event.data for event in decoder.feed(b"".join(self._undecoded))][self._skip:]
+        self._undecoded, self._skip = [], 0
 
     def to_client_packed(self, joined: bytes, lengths: bytes, synthetic: bool = False) -> None:
         """to_client() for frames sent as one bytes object and their lengths (array 'I')."""
@@ -150,34 +185,67 @@ class SessionRecorder:
     def upstream_response(self, status: int, headers: Any) -> None:
         self._tail = ""
         self._chunks_clean = True
-        self._sse = SseDecoder()
+        self._by_reference = True
+        self._at_boundary = True
+        self._sse = None
+        self._undecoded, self._skip, self._restart = [], 0, False
         self._relayed = []
         self._event({"kind": "upstream_response", "t": self._t(), "status": status, "headers": self.headers(headers)})
 
     def upstream_chunk(self, data: bytes) -> None:
-        self._relayed.extend(event.data for event in self._sse.feed(data))
+        if self._sse is None:
+            self._undecoded.append(data)
+        else:
+            self._relayed.extend(event.data for event in self._sse.feed(data))
+        aligned_before = self._at_boundary
+        self._at_boundary = data.endswith(_EVENT_END)
         try:
             raw = data.decode("utf-8")
         except UnicodeDecodeError:
             self._tail = ""
             self._chunks_clean = False
+            self._not_by_reference()
             self._event({"kind": "upstream_chunk", "t": self._t(), "b64": base64.b64encode(data).decode()})
             return
-        clean = self._clean(raw)
-        self._chunks_clean = self._chunks_clean and clean
-        text = raw if clean and not self.elide_over else self.text(raw)
-        if self._tail and not self._clean(self._tail + raw[:_SPAN]):
-            # a secret that began in the previous read and ends in this one
-            for m in self.redactor.pattern.finditer(self._tail + raw[:_SPAN]):
-                if m.start() < len(self._tail) < m.end():
-                    text = REDACTED + self.text(raw[m.end() - len(self._tail):])
-                    self._chunks_clean = False  # this read is no longer in the file as it came
-                    break
-        self._tail = raw[-128:]
-        self._event({"kind": "upstream_chunk", "t": self._t(), "text": text})
+        tail = self._tail
+        clean = self._clean(tail + raw if tail else raw)  # this read, and a token going on from the last one
+        if clean and not self.elide_over:
+            text = raw
+        else:
+            self._chunks_clean = self._chunks_clean and clean
+            text = self.text(raw)
+            split_token = False
+            if tail and not clean:
+                # a secret that began in the previous read and ends in this one
+                for m in self.redactor.pattern.finditer(tail + raw[:_SPAN]):
+                    if m.start() < len(tail) < m.end():
+                        text = REDACTED + self.text(raw[m.end() - len(tail):])
+                        split_token = True
+                        break
+            if split_token or not (aligned_before and self._at_boundary and self._same_frames(data, text)):
+                self._not_by_reference()
+        self._tail = raw[-_TAIL:]
+        if self._file is not None:
+            self._write(f'{{"kind":"upstream_chunk","t":{self._t()!r},"text":{encode_basestring(text)}}}\n')
+
+    def _same_frames(self, data: bytes, text: str) -> bool:
+        """A read that starts and ends at an event boundary, written as `text`: decoding `text` gives the frames
+        relayed from the read, redacted and elided as written explicitly (so they can be stored by reference)."""
+        relayed = [event.data.decode("utf-8", "replace") for event in SseDecoder().feed(data)]
+        stored = [event.data.decode("utf-8", "replace") for event in SseDecoder().feed(text.encode())]
+        return len(relayed) == len(stored) and all(self.text(r) == s for r, s in zip(relayed, stored, strict=True))
+
+    def _not_by_reference(self) -> None:
+        if self._by_reference:
+            self._by_reference = False
+            if self._sse is None:
+                self._decode_now()
 
     def upstream_end(self, error: str | None = None) -> None:
         self._chunks_clean = False
+        self._by_reference = False
+        self._sse = None
+        self._undecoded, self._skip = [], 0
         self._relayed = []
         self._event({"kind": "upstream_end", "t": self._t(), "error": self.text(error) if error else None})
 
