@@ -168,3 +168,10 @@ def test_a_secret_across_two_reads_turns_to_explicit_frames(sink: RecordingSink,
     assert batches[1][0] == '{"type":"response.output_text.delta","delta":"<redacted>"}'
     assert batches[1][1] == DONE[6:-2].decode()
     assert text.count('"relayed"') == 1, "the batch after the split secret is written out"
+
+
+@pytest.mark.parametrize("token", ["ghpABCDEFGHIJKLMNOP", "ghs_abcdefghijklmnop", "github_pat_11ABCDEFG0123456789"])
+def test_a_read_with_a_github_token_is_redacted_and_ordinary_gh_is_not(tmp_path: Path, token: str) -> None:
+    rec = SessionRecorder(str(tmp_path), "bridge", "u", HttpMessage(headers=[]), Redactor(), 0, "gh")
+    assert rec.text(f"the right token is {token} here") == f"the right token is {REDACTED} here"
+    assert rec._clean("a high and mighty thought, right through"), "'gh' alone does not send a read to the regex"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from codexbridge import mitm
 
@@ -24,6 +24,12 @@ PATH_HELP = (
     "The request path of Codex's Responses endpoint (its base_url plus '/responses'): the WebSocket upgrade on it "
     "is bridged, kept alive and recorded, and POSTs to it are recorded, by whichever codexbridge addons are "
     "loaded. Any other path passes through untouched."
+)
+FLOW_MESSAGES_HELP = (
+    "How many frames each Codex WebSocket flow keeps for mitmweb, -w flow files and other addons: the most "
+    "recent ones, so that a session's memory stays bounded however long it runs (the flow's "
+    "metadata['codexbridge']['messages_dropped'] counts the older ones dropped). 'all' keeps every frame, as "
+    "mitmproxy does; recordings (codexbridge_record) always keep everything."
 )
 ON_DISCONNECT = ("cancel", "drain")
 ON_DISCONNECT_HELP = (
@@ -108,9 +114,12 @@ class CodexAddon:
         return registry.active(self.concern) is self
 
     def load(self, loader) -> None:
+        loader.add_option("codexbridge_flow_messages", str, "200", FLOW_MESSAGES_HELP)
         registry.add(self)
 
     def configure(self, updated: set[str]) -> None:
+        if "codexbridge_flow_messages" in updated:
+            mitm.set_flow_messages(flow_messages(ctx.options.codexbridge_flow_messages))
         if "termlog_verbosity" in updated or not CodexAddon._log_level_set:
             # mitmproxy's root logger takes everything and hands each record to every addon (add_log):
             # a debug line nobody shows would cost more than the event it describes.
@@ -127,6 +136,19 @@ class CodexAddon:
     def unload(self) -> None:
         """Called from each addon's done(): the next addon of the same concern, if any, takes over."""
         registry.remove(self)
+
+
+def flow_messages(value: str) -> int:
+    """The codexbridge_flow_messages option as a window size (0: all)."""
+    if value.strip().lower() == "all":
+        return 0
+    try:
+        window = int(value)
+    except ValueError:
+        window = 0
+    if window < 1:
+        raise exceptions.OptionsError(f"codexbridge_flow_messages must be 'all' or a number of frames (1 or more), not {value!r}.")
+    return window
 
 
 def is_websocket_upgrade(request: http.Request) -> bool:

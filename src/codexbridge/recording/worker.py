@@ -250,15 +250,32 @@ def serve(spool_fd: int, lifeline: int) -> None:
                 proxy_gone = not os.read(lifeline, 4096)
             except OSError:
                 proxy_gone = True
+            if proxy_gone:
+                _full_speed()  # no live traffic to give way to any more
     worker.close_all()
+
+
+def _full_speed() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):  # unprivileged, with the default RLIMIT_NICE: the best allowed
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop only when the proxy is gone, after the last event is written
     try:
-        os.nice(10)  # live traffic first: on a busy machine the recorder catches up when the proxy idles
-    except OSError:
-        pass
+        # Live traffic first: the recorder runs when a core is otherwise idle (and catches up then), not in
+        # the middle of a burst. The spool holds what waits, and the proxy stops recording past MAX_LAG.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] codexbridge recorder: %(message)s", stream=sys.stderr)
     serve(int(sys.argv[1]), sys.stdin.fileno())
 
