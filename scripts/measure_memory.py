@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a mitmdump option")
+    ap.add_argument("--keep-log", action="store_true", help="mitmdump logs at debug level; the report names the file")
     args = ap.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="codexbridge-memory-"))
@@ -128,7 +129,8 @@ def main() -> int:
             children.append(subprocess.Popen([str(bin_dir / "python"), "-m", UPSTREAMS[args.upstream],
                                               "--host", "127.0.0.1", "--port", str(up_port)], stdout=out, stderr=subprocess.STDOUT))
         with open(workdir / "mitmdump.log", "wb") as out:
-            proxy = subprocess.Popen(mitmdump_command(f"http://127.0.0.1:{up_port}", port, args.set, quiet=True),
+            options = [*args.set, "termlog_verbosity=debug"] if args.keep_log else args.set
+            proxy = subprocess.Popen(mitmdump_command(f"http://127.0.0.1:{up_port}", port, options, quiet=not args.keep_log),
                                      stdout=out, stderr=subprocess.STDOUT)
         children.append(proxy)
         if not (wait_for_port("127.0.0.1", up_port, 30) and wait_for_port("127.0.0.1", port, 30, proc=proxy)):
@@ -145,6 +147,8 @@ def main() -> int:
         report["seconds"] = round(time.monotonic() - t0, 1)
         crashed = "mitmproxy has crashed" in (workdir / "mitmdump.log").read_text(errors="replace")
         report["mitmproxy_crashed"] = crashed
+        if args.keep_log:
+            report["log"] = str(workdir / "mitmdump.log")
         print(json.dumps(report))
         return 0
     finally:

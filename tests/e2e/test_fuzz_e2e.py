@@ -18,10 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-try:
-    from codexbridge.responses.conversation import MAX_JSON_DEPTH
-except ImportError:  # (phase 1 only)
-    MAX_JSON_DEPTH = 256
+from codexbridge.responses.conversation import MAX_JSON_DEPTH
 from codexbridge.responses.events import TERMINAL_EVENTS
 from support.mitmdump import Mitmdump, start_mitmdump
 from support.rawframes import BINARY, TEXT, Closed, RawClient, fragments, frame

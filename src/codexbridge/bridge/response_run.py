@@ -135,6 +135,7 @@ class ResponseRun:
             log.exception("bridge error: %s", e)
             await self.error(error_frame(500, "bridge_error", f"codexbridge internal error: {e}"))
         finally:
+            self._exchange = None  # it refers back to this run (its head callback): no cycle left for the collector
             if self.tracker.terminal is None:  # else it settled at the terminal event, in _on_body
                 self._on_settle(self)
 

@@ -385,6 +385,10 @@ class BridgeSession:
         if self.closed.is_set():
             return
         self.closed.set()
+        # what the session holds goes now, not when a collection finds it: the layer that refers to the session
+        # lives in mitmproxy's reference cycles until then
+        self.conversation.clear()
+        self.pending_steers.clear()
         if self.recorder is not None:
             self.recorder.complete()
         if self.closed_callback is not None:

@@ -6,9 +6,18 @@ check_internals()
 
 from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402 - only once the internals are known to be there
 from codexbridge.mitm.outbox import ClientOutbox  # noqa: E402
-from codexbridge.mitm.plans import BridgeHooks, FlowMeter, FlowPlan, detach_server, forget_flow, plan_flow, plan_of  # noqa: E402
+from codexbridge.mitm.plans import (  # noqa: E402
+    BridgeHooks,
+    FlowMeter,
+    FlowPlan,
+    detach_server,
+    forget_flow,
+    plan_flow,
+    plan_of,
+    set_flow_messages,
+)
 
 __all__ = [
     "BridgeHooks", "ClientOutbox", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "check_internals",
-    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "uninstall",
+    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "uninstall",
 ]

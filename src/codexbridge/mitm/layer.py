@@ -103,7 +103,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if outbox is not None:
             response = self.flow.response
             outbox.attach(client_ws, self.recorder,
-                          extensions=bool(response and response.headers.get("sec-websocket-extensions")))
+                          extensions=bool(response and response.headers.get("sec-websocket-extensions")),
+                          window=self.plan.flow_messages)
             outbox.meter = self.plan.meter
             client_ws.outbox = outbox
         policy = self.plan.keepalive
@@ -157,6 +158,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                 command = gen.send(reply)
                 if isinstance(command, ws_layers.WebsocketMessageHook):
                     self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]
+                    if self.outbox is not None:
+                        self.outbox.trim_messages()
                     if not self.plan.message_hook:
                         reply = None  # as if the hook ran: no pass over every addon per relayed message
                         continue
@@ -330,6 +333,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
                     continue  # a server Ping or Pong goes to the client as it came
                 messages.append(message)
                 self._observe(message)
+            outbox.trim_messages()
             outbox.send(forwarded=fast.consumed, data_frames=texts)
         if fast.stopped:
             rest, fast.rest, self._fast_server = fast.rest, b"", None
@@ -422,6 +426,8 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             self.recorder.client_frame(text if text is not None else content)
         message = WebSocketMessage(Opcode.TEXT if text is not None else Opcode.BINARY, True, content)
         self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
+        if self.outbox is not None:
+            self.outbox.trim_messages()
         return message
 
     @staticmethod

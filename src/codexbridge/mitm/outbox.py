@@ -43,13 +43,19 @@ class ClientOutbox:
         self.meter: FlowMeter | None = None  # the metrics addon's counters, when it is on
         self.closed = False  # the layer closed the client side: nothing more goes out
         self.direct = not flow.client_conn.tls
+        self.window = 0  # frames the flow keeps (the most recent); 0: all
+        self.dropped = 0  # frames dropped from the flow's list to keep it within the window
+        self._trim_at = 0
         self._held: list[bytes] | None = None
         self._encode_text = encode_text_frame
 
-    def attach(self, ws: wsproto.Connection, recorder: RemoteRecorder | None, extensions: bool) -> None:
-        """The flow's layer started: its client connection, and whether that negotiated an extension."""
+    def attach(self, ws: wsproto.Connection, recorder: RemoteRecorder | None, extensions: bool, window: int = 0) -> None:
+        """The flow's layer started: its client connection, whether that negotiated an extension, and how many
+        frames the flow keeps."""
         self.ws = ws
         self.recorder = recorder
+        self.window = window
+        self._trim_at = window + max(64, window // 4) if window else 0  # trims now and then, not per frame
         if extensions:  # (relayed flows only: the bridge's own 101 negotiates none) wsproto applies it
             self._encode_text = lambda payload: ws.send(wse.TextMessage(payload.decode()))
 
@@ -100,8 +106,10 @@ class ClientOutbox:
             else:
                 recorder.to_client(frames, synthetic)
         now = time.time()
-        self.flow.websocket.messages.extend(  # type: ignore[union-attr]  # a WebSocket flow has .websocket
-            [server_text(payload, now, synthetic) for payload in frames])
+        messages = self.flow.websocket.messages  # type: ignore[union-attr]  # a WebSocket flow has .websocket
+        messages.extend([server_text(payload, now, synthetic) for payload in frames])
+        if self._trim_at and len(messages) > self._trim_at:
+            self.trim_messages()
         encode = self._encode_text
         data = b"".join(map(encode, frames)) if len(frames) > 1 else encode(frames[0])
         return self._write(data, True, len(frames), writer)
@@ -118,6 +126,15 @@ class ClientOutbox:
             self.connections.activity()
             writer.write(data)
         return True
+
+    def trim_messages(self) -> None:
+        """Keeps the flow's list of frames within the window: the oldest go, and the flow's metadata counts them."""
+        messages = self.flow.websocket.messages  # type: ignore[union-attr]
+        excess = len(messages) - self.window if self._trim_at and len(messages) > self._trim_at else 0
+        if excess > 0:
+            del messages[:excess]
+            self.dropped += excess
+            self.flow.metadata.setdefault("codexbridge", {})["messages_dropped"] = self.dropped
 
     def close(self, code: int, reason: str) -> None:
         """Asks the flow's layer to close the client with this code, in its next turn (from anywhere)."""

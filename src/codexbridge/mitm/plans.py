@@ -38,6 +38,7 @@ class FlowPlan:
     recorder: RemoteRecorder | None = None
     message_hook: bool = False  # run websocket_message per message (bridged: client frames, before bridging)
     meter: FlowMeter | None = None  # plain counters for the metrics addon, told per frame and per ping
+    flow_messages: int = 0  # frames the flow keeps for mitmweb and -w (the most recent ones); 0: all
 
 
 class FlowMeter(ResponseMeter, Protocol):
@@ -52,6 +53,13 @@ class FlowMeter(ResponseMeter, Protocol):
 
 
 _plans: dict[str, FlowPlan] = {}
+_flow_messages = 200
+
+
+def set_flow_messages(window: int) -> None:
+    """How many frames each new flow keeps (the codexbridge_flow_messages option); 0 keeps them all."""
+    global _flow_messages
+    _flow_messages = window
 
 
 def plan_flow(flow: http.HTTPFlow, plan: FlowPlan) -> None:
@@ -64,7 +72,7 @@ def plan_of(flow: http.HTTPFlow) -> FlowPlan:
     A new plan keeps mitmproxy's websocket_message hook per message until an addon decides otherwise."""
     plan = _plans.get(flow.id)
     if plan is None:
-        plan = _plans[flow.id] = FlowPlan(message_hook=True)
+        plan = _plans[flow.id] = FlowPlan(message_hook=True, flow_messages=_flow_messages)
     return plan
 
 

@@ -153,6 +153,11 @@ class Conversation:
         generate = frame.get("generate", True) is not False
         return PreparedRequest(body, as_input_list(full_input), generate, previous or None, parent_bytes)
 
+    def clear(self) -> None:
+        """Forgets every stored history (the connection is over)."""
+        self._histories.clear()
+        self._bytes = 0
+
     def remember(self, response_id: str, history: list[Any], nbytes: int = 0, lane: str | None = None) -> None:
         """Stores the history after a completed response."""
         self.forget(response_id)
