@@ -115,29 +115,54 @@ def canonical_json(text: str) -> Any:
         return text
 
 
-def describe_difference(expected: Any, actual: Any, path: str = "$") -> str | None:
-    """The first place two JSON values differ, as a short readable line; None when equal."""
+MISSING = object()  # the side of a difference where a key or list item is not there
+
+
+def first_difference(expected: Any, actual: Any, path: str = "$",
+                     whole_lists: bool = False) -> tuple[str, Any, Any] | None:
+    """Where two JSON values first differ (in the expected value's key order) and the two values there, MISSING
+    on the side that lacks a key or item. Lists of different lengths whose common items are equal differ at
+    their first unmatched item, or with `whole_lists` at the lists themselves."""
     if type(expected) is not type(actual):
-        return f"{path}: expected {_short(expected)}, got {_short(actual)}"
+        return path, expected, actual
     if isinstance(expected, dict):
-        for key in expected.keys() | actual.keys():
+        for key in [*expected, *(k for k in actual if k not in expected)]:
             if key not in actual:
-                return f"{path}.{key}: missing (expected {_short(expected[key])})"
+                return f"{path}.{key}", expected[key], MISSING
             if key not in expected:
-                return f"{path}.{key}: unexpected {_short(actual[key])}"
-            found = describe_difference(expected[key], actual[key], f"{path}.{key}")
+                return f"{path}.{key}", MISSING, actual[key]
+            found = first_difference(expected[key], actual[key], f"{path}.{key}", whole_lists)
             if found:
                 return found
         return None
     if isinstance(expected, list):
         for i, (a, b) in enumerate(zip(expected, actual, strict=False)):
-            found = describe_difference(a, b, f"{path}[{i}]")
+            found = first_difference(a, b, f"{path}[{i}]", whole_lists)
             if found:
                 return found
-        if len(expected) != len(actual):
-            return f"{path}: expected {len(expected)} items, got {len(actual)}"
+        if len(expected) == len(actual):
+            return None
+        if whole_lists:
+            return path, expected, actual
+        n = min(len(expected), len(actual))
+        return (f"{path}[{n}]", expected[n] if n < len(expected) else MISSING,
+                actual[n] if n < len(actual) else MISSING)
+    return None if expected == actual else (path, expected, actual)
+
+
+def describe_difference(expected: Any, actual: Any, path: str = "$") -> str | None:
+    """The first place two JSON values differ, as a short readable line; None when equal."""
+    found = first_difference(expected, actual, path, whole_lists=True)
+    if found is None:
         return None
-    return None if expected == actual else f"{path}: expected {_short(expected)}, got {_short(actual)}"
+    where, wanted, got = found
+    if wanted is MISSING:
+        return f"{where}: unexpected {_short(got)}"
+    if got is MISSING:
+        return f"{where}: missing (expected {_short(wanted)})"
+    if isinstance(wanted, list) and isinstance(got, list):  # equal items, but not as many
+        return f"{where}: expected {len(wanted)} items, got {len(got)}"
+    return f"{where}: expected {_short(wanted)}, got {_short(got)}"
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -16,7 +16,7 @@ import wsproto.connection
 import wsproto.events as wse
 
 from codexbridge.recording.schema import Recording
-from codexbridge.replay.rules import Normalizer, canonical_json, describe_difference, exchanges, turns
+from codexbridge.replay.rules import Exchange, Normalizer, canonical_json, describe_difference, exchanges, turns
 from codexbridge.wire.wsframes import accept_token
 
 log = logging.getLogger("codexbridge.replay.rules")
@@ -40,25 +40,18 @@ class ReplayReport:
                 "turns_served": self.turns_served, "turns_total": self.turns_total, "divergences": self.divergences}
 
 
-class ReplayServer:
-    """Answers the recorded requests in order: the n-th POST gets the n-th recorded upstream answer, the n-th
-    WebSocket client frame gets the frames that followed the n-th recorded client frame."""
+class RecordedUpstream:
+    """An HTTP/1.1 server that answers from recordings: it hands each request to `_respond` and a WebSocket
+    upgrade to `_upgrade`, and streams a recorded POST answer at `speed` times its recorded pace (0: at once)."""
 
-    def __init__(self, recording: Recording, speed: float = 0.0, strict: bool = False) -> None:
-        self.recording = recording
+    def __init__(self, speed: float = 0.0) -> None:
         self.speed = speed
-        self.strict = strict
-        self.normalizer = Normalizer(recording)
-        self.exchanges = exchanges(recording)
-        self.turns = [t for t in turns(recording) if t.client is not None]
-        self.preamble = [t for t in turns(recording) if t.client is None]
-        self.report = ReplayReport(posts_total=len(self.exchanges), turns_total=len(self.turns))
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._server = await asyncio.start_server(self._accept, host, port)
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -67,14 +60,111 @@ class ReplayServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _respond(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, target: str,
+                       headers: list[tuple[str, str]], body: bytes) -> None:
+        raise NotImplementedError
+
+    async def _upgrade(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       request: h11.Request, headers: list[tuple[str, str]]) -> None:
+        raise NotImplementedError
+
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await read_request(conn, reader)
+                if request is None:
+                    return
+                headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
+                if any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers):
+                    await self._upgrade(conn, reader, writer, request, headers)
+                    return
+                await self._respond(conn, writer, request, request.target.decode("latin-1"), headers, body)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
     async def _pace(self, previous: float | None, t: float) -> None:
         if self.speed > 0 and previous is not None and t > previous:
             await asyncio.sleep((t - previous) / self.speed)
+
+    async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, exchange: Exchange) -> None:
+        """The recorded answer to a POST: its status and headers, then its body cut as it was read."""
+        response = exchange.response
+        status = response.status if response else 502
+        headers = [(n, v) for n, v in (response.headers if response else []) if n.lower() not in _SKIP_RESPONSE_HEADERS]
+        writer.write(conn.send(h11.Response(status_code=status, headers=[*headers, ("transfer-encoding", "chunked")])))
+        await writer.drain()
+        previous = response.t if response else None
+        for t, chunk in exchange.chunks:
+            await self._pace(previous, t)
+            previous = t
+            if chunk:
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+
+async def read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
+    """The next whole request on a connection; (None, b"") when the client closed it."""
+    request: h11.Request | None = None
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            if not data and conn.their_state is h11.IDLE:
+                return None, b""
+        elif event is h11.PAUSED:
+            return request, body
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return request, body
+        elif isinstance(event, h11.ConnectionClosed):
+            return None, b""
+
+
+async def send_json(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
+    data = json.dumps(obj).encode()
+    writer.write(conn.send(h11.Response(status_code=status, headers=[
+        ("content-type", "application/json"), ("content-length", str(len(data)))])))
+    writer.write(conn.send(h11.Data(data=data)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+def error_body(code: str, message: str, kind: str = "server_error") -> dict[str, Any]:
+    return {"error": {"type": kind, "code": code, "message": message}}
+
+
+class ReplayServer(RecordedUpstream):
+    """Answers the recorded requests in order: the n-th POST gets the n-th recorded upstream answer, the n-th
+    WebSocket client frame gets the frames that followed the n-th recorded client frame."""
+
+    def __init__(self, recording: Recording, speed: float = 0.0, strict: bool = False) -> None:
+        super().__init__(speed)
+        self.recording = recording
+        self.strict = strict
+        self.normalizer = Normalizer(recording)
+        self.exchanges = exchanges(recording)
+        self.turns = [t for t in turns(recording) if t.client is not None]
+        self.preamble = [t for t in turns(recording) if t.client is None]
+        self.report = ReplayReport(posts_total=len(self.exchanges), turns_total=len(self.turns))
 
     def _diverged(self, what: str, expected: str, actual: str) -> bool:
         diff = describe_difference(canonical_json(expected), canonical_json(self.normalizer.text(actual)))
@@ -85,92 +175,34 @@ class ReplayServer:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, body = await self._read_request(conn, reader)
-                if request is None:
-                    return
-                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-                target = request.target.decode()
-                if headers.get("upgrade", "").lower() == "websocket":
-                    await self._websocket(reader, writer, headers, conn.trailing_data[0])
-                    return
-                if target.startswith("/__replay/report"):
-                    await self._send_json(conn, writer, 200, self.report.as_dict())
-                elif request.method == b"POST" and target.split("?")[0].endswith("/responses"):
-                    await self._post(conn, writer, body)
-                else:
-                    await self._send_json(conn, writer, 404, {"error": {"message": f"no route for {target}"}})
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[Any, bytes]:
-        request = None
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and conn.their_state is h11.IDLE:
-                    return None, b""
-                continue
-            if event is h11.PAUSED:
-                return request, body
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return request, body
-            elif isinstance(event, h11.ConnectionClosed):
-                return None, b""
-
-    async def _send_json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        writer.write(conn.send(h11.Response(status_code=status, headers=[
-            ("content-type", "application/json"), ("content-length", str(len(data)))])))
-        writer.write(conn.send(h11.Data(data=data)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+    async def _respond(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, target: str,
+                       headers: list[tuple[str, str]], body: bytes) -> None:
+        if target.startswith("/__replay/report"):
+            await send_json(conn, writer, 200, self.report.as_dict())
+        elif request.method == b"POST" and target.split("?")[0].endswith("/responses"):
+            await self._post(conn, writer, body)
+        else:
+            await send_json(conn, writer, 404, {"error": {"message": f"no route for {target}"}})
 
     async def _post(self, conn: h11.Connection, writer: asyncio.StreamWriter, body: bytes) -> None:
         index = self.report.posts_served
         if index >= len(self.exchanges):
             self.report.divergences.append(f"POST #{index + 1}: not in the recording (it has {len(self.exchanges)})")
-            await self._send_json(conn, writer, 500, {"error": {"type": "server_error", "code": "replay_exhausted",
-                                                                 "message": "The recording has no more requests."}})
+            await send_json(conn, writer, 500, error_body("replay_exhausted", "The recording has no more requests."))
             return
         exchange = self.exchanges[index]
         self.report.posts_served += 1
         if self._diverged(f"POST #{index + 1} body", exchange.request.body, body.decode("utf-8", "replace")) and self.strict:
-            await self._send_json(conn, writer, 409, {"error": {"type": "invalid_request_error", "code": "replay_divergence",
-                                                                 "message": self.report.divergences[-1]}})
+            await send_json(conn, writer, 409, error_body("replay_divergence", self.report.divergences[-1],
+                                                          "invalid_request_error"))
             return
-        response = exchange.response
-        status = response.status if response else 502
-        headers = [(n, v) for n, v in (response.headers if response else []) if n.lower() not in _SKIP_RESPONSE_HEADERS]
-        writer.write(conn.send(h11.Response(status_code=status, headers=[*headers, ("transfer-encoding", "chunked")])))
-        await writer.drain()
-        previous = exchange.response.t if exchange.response else None
-        for t, chunk in exchange.chunks:
-            await self._pace(previous, t)
-            previous = t
-            if chunk:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+        await self._stream(conn, writer, exchange)
 
     # -- WebSocket mode ----------------------------------------------------------------------
+
+    async def _upgrade(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       request: h11.Request, headers: list[tuple[str, str]]) -> None:
+        await self._websocket(reader, writer, {n.lower(): v for n, v in headers}, conn.trailing_data[0])
 
     async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          headers: dict[str, str], trailing: bytes) -> None:
@@ -208,8 +240,7 @@ class ReplayServer:
         index = self.report.turns_served
         if index >= len(self.turns):
             self.report.divergences.append(f"client frame #{index + 1}: not in the recording")
-            error = {"type": "error", "status": 500,
-                     "error": {"type": "server_error", "code": "replay_exhausted", "message": "No more recorded turns."}}
+            error = {"type": "error", "status": 500, **error_body("replay_exhausted", "No more recorded turns.")}
             writer.write(ws.send(wse.TextMessage(json.dumps(error))))
             return
         turn = self.turns[index]

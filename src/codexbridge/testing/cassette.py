@@ -111,22 +111,25 @@ class Cassette:
     @property
     def upstream_url(self) -> str:
         """Base URL (…/v1) of the upstream serving the recordings: POST + SSE and the WebSocket mode."""
-        self._start()
-        if self._server is None:
-            assert self._recorder is not None
-            return f"http://127.0.0.1:{self._recorder.port}/v1"
-        return f"http://127.0.0.1:{self._server_port}/v1"
+        return self._recording_only() or f"http://127.0.0.1:{self._server_port}/v1"
 
     @property
     def bridge_url(self) -> str:
         """Base URL (…/v1) of a real bridge (mitmdump with the shipped addons) in front of that upstream."""
-        self._start()
-        if self._server is None:
-            assert self._recorder is not None
-            return f"http://127.0.0.1:{self._recorder.port}/v1"
+        if recording_only := self._recording_only():
+            return recording_only
         if self._bridge is None:
             self._bridge = self._mitmdump("bridge", f"http://127.0.0.1:{self._server_port}", self.options.bridge_options)
         return f"http://127.0.0.1:{self._bridge.port}/v1"
+
+    def _recording_only(self) -> str | None:
+        """Starts what the plan needs; when nothing is replayed, the recording bridge's base URL (it is then
+        both the upstream and the bridge)."""
+        self._start()
+        if self._server is not None:
+            return None
+        assert self._recorder is not None
+        return f"http://127.0.0.1:{self._recorder.port}/v1"
 
     @property
     def divergences(self) -> list[Divergence]:

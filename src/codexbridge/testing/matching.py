@@ -9,13 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codexbridge.replay.rules import Normalizer, canonical
-from codexbridge.testing.scrub import RecordedRequest, RequestHook, apply_request_hook
+from codexbridge.replay.rules import MISSING, Normalizer, canonical, first_difference
+from codexbridge.testing.scrub import RecordedRequest, RequestHook, apply_hook
 
 _DIFF_LINES = 60
 _LINE_CHARS = 200
 _ONE_SIDED_LINES = 16
-_MISSING = object()
 
 
 @dataclass
@@ -38,9 +37,9 @@ class Divergence:
         if found is None:
             return f"{self.what}: {self.note or 'differs'}"
         path, expected, came = found
-        if expected is _MISSING:
+        if expected is MISSING:
             where = f"unexpected {_show(came)}"
-        elif came is _MISSING:
+        elif came is MISSING:
             where = f"missing (expected {_show(expected)})"
         elif isinstance(expected, str) and isinstance(came, str):
             at = _common_prefix(expected, came)
@@ -73,33 +72,6 @@ class Divergence:
         head = f"{self.summary}\n  recording: {self.recording}" if self.recording else self.summary
         body = self.diff()
         return f"{head}\n{body}" if body else head
-
-
-def first_difference(expected: Any, came: Any, path: str = "$") -> tuple[str, Any, Any] | None:
-    """Where two JSON values first differ (in the recorded value's key order) and the two values there."""
-    if type(expected) is not type(came):
-        return path, expected, came
-    if isinstance(expected, dict):
-        for key in [*expected, *(k for k in came if k not in expected)]:
-            if key not in came:
-                return f"{path}.{key}", expected[key], _MISSING
-            if key not in expected:
-                return f"{path}.{key}", _MISSING, came[key]
-            found = first_difference(expected[key], came[key], f"{path}.{key}")
-            if found:
-                return found
-        return None
-    if isinstance(expected, list):
-        for i, (a, b) in enumerate(zip(expected, came, strict=False)):
-            found = first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        n = min(len(expected), len(came))
-        if len(expected) != len(came):
-            return (f"{path}[{n}]", expected[n] if n < len(expected) else _MISSING,
-                    came[n] if n < len(came) else _MISSING)
-        return None
-    return None if expected == came else (path, expected, came)
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -215,7 +187,7 @@ class Matcher:
     def live(self, request: RecordedRequest, normalizer: Normalizer) -> Any:
         """A live request as the recording would hold it: redacted and elided alike, through the hook, canonical."""
         normalized = dataclasses.replace(request, body=normalizer.text(request.body))
-        return self.canonical(apply_request_hook(self.hook, normalized).body)
+        return self.canonical(apply_hook(self.hook, normalized).body)
 
     def compare(self, what: str, recording: str, expected_text: str, request: RecordedRequest,
                 normalizer: Normalizer) -> Divergence | None:

@@ -27,8 +27,20 @@ from codexbridge.recording.schema import (
 _EVENT_END = re.compile(r"\r\n\r\n|\n\n|\r\r")
 
 
+class JsonBody:
+    """A body of JSON text, read and replaced as a value."""
+
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def set_json(self, value: Any) -> None:
+        self.body = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 @dataclass
-class RecordedRequest:
+class RecordedRequest(JsonBody):
     """A request on its way into a recording: the session's opening request ("handshake": the WebSocket
     upgrade, or the POST of an HTTP session; empty body), a POST to the upstream ("post"), or a WebSocket
     frame from the client ("frame", with the upgrade's URL and headers). Secrets are already redacted."""
@@ -38,15 +50,9 @@ class RecordedRequest:
     headers: list[tuple[str, str]]
     body: str
 
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def set_json(self, value: Any) -> None:
-        self.body = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
 
 @dataclass
-class RecordedResponse:
+class RecordedResponse(JsonBody):
     """An answer on its way into a recording: an upstream answer to a POST ("post": status, headers and the
     whole body, which the recording keeps cut at the reads it came in), or one frame to the client ("frame")."""
 
@@ -55,12 +61,6 @@ class RecordedResponse:
     headers: list[tuple[str, str]]
     body: str
 
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def set_json(self, value: Any) -> None:
-        self.body = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
 
 # A hook changes the object in place or returns a replacement; it cannot drop a request (the replay would
 # then miss it), only rewrite it.
@@ -68,18 +68,12 @@ RequestHook = Callable[[RecordedRequest], "RecordedRequest | None"]
 ResponseHook = Callable[[RecordedResponse], "RecordedResponse | None"]
 
 
-def apply_request_hook(hook: RequestHook | None, request: RecordedRequest) -> RecordedRequest:
+def apply_hook[T](hook: Callable[[T], T | None] | None, value: T) -> T:
+    """What the hook made of the value: its replacement, or the value itself (changed in place or not)."""
     if hook is None:
-        return request
-    result = hook(request)
-    return request if result is None else result
-
-
-def apply_response_hook(hook: ResponseHook | None, response: RecordedResponse) -> RecordedResponse:
-    if hook is None:
-        return response
-    result = hook(response)
-    return response if result is None else result
+        return value
+    result = hook(value)
+    return value if result is None else result
 
 
 def rechunk(old: list[str], body: str) -> list[str]:
@@ -110,11 +104,11 @@ def scrub(recording: Recording, before_request: RequestHook | None,
         return copy
     request = copy.header.request
     upgrade_url, upgrade_headers = request.url or "", list(request.headers)
-    opening = apply_request_hook(before_request, RecordedRequest("handshake", upgrade_url, list(upgrade_headers), ""))
+    opening = apply_hook(before_request, RecordedRequest("handshake", upgrade_url, list(upgrade_headers), ""))
     request.url, request.headers = opening.url, list(opening.headers)
 
     def frame(text: str) -> str:
-        return apply_response_hook(before_response, RecordedResponse("frame", None, [], text)).body
+        return apply_hook(before_response, RecordedResponse("frame", None, [], text)).body
 
     answer: UpstreamResponse | None = None
     chunks: list[UpstreamChunk] = []
@@ -123,7 +117,7 @@ def scrub(recording: Recording, before_request: RequestHook | None,
         nonlocal answer
         if answer is not None and before_response is not None:
             raw = [chunk_bytes(c).decode("utf-8", "surrogateescape") for c in chunks]
-            out = apply_response_hook(before_response, RecordedResponse("post", answer.status, list(answer.headers),
+            out = apply_hook(before_response, RecordedResponse("post", answer.status, list(answer.headers),
                                                                         "".join(raw)))
             answer.status, answer.headers = out.status or answer.status, list(out.headers)
             if chunks and out.body != "".join(raw):
@@ -139,7 +133,7 @@ def scrub(recording: Recording, before_request: RequestHook | None,
     for event in copy.events:
         if isinstance(event, UpstreamRequest):
             settle()
-            out = apply_request_hook(before_request, RecordedRequest("post", event.url, list(event.headers), event.body))
+            out = apply_hook(before_request, RecordedRequest("post", event.url, list(event.headers), event.body))
             event.url, event.headers, event.body = out.url, list(out.headers), out.body
         elif isinstance(event, UpstreamResponse):
             settle()
@@ -149,7 +143,7 @@ def scrub(recording: Recording, before_request: RequestHook | None,
         elif isinstance(event, UpstreamEnd):
             settle()
         elif isinstance(event, ClientFrame) and event.text is not None:
-            event.text = apply_request_hook(before_request, RecordedRequest("frame", upgrade_url, list(upgrade_headers),
+            event.text = apply_hook(before_request, RecordedRequest("frame", upgrade_url, list(upgrade_headers),
                                                                             event.text)).body
         elif isinstance(event, ToClient):
             event.frames = [frame(f) for f in event.frames]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -17,11 +16,10 @@ import wsproto.connection
 
 from codexbridge.recording.schema import Recording, UpstreamEnd, UpstreamRequest
 from codexbridge.replay.rules import Exchange, exchanges
-from codexbridge.replay.server import ReplayServer
+from codexbridge.replay.server import RecordedUpstream, ReplayServer, error_body, send_json
 from codexbridge.testing.matching import Divergence, Matcher
 from codexbridge.testing.scrub import RecordedRequest
 
-_SKIP_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 _SKIP_FORWARDED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
                    "proxy-connection"}
 T = TypeVar("T")
@@ -73,7 +71,7 @@ class RecordedPost:
     played: bool = False
 
 
-class CassetteServer:
+class CassetteServer(RecordedUpstream):
     """Answers a test's requests from its recordings, in the order they were recorded.
 
     A WebSocket connection takes the next recorded session that has client frames; a POST takes the first
@@ -84,9 +82,9 @@ class CassetteServer:
 
     def __init__(self, recordings: list[tuple[str, Recording]], matcher: Matcher, *, live: str | None = None,
                  speed: float = 0.0) -> None:
+        super().__init__(speed)
         self.matcher = matcher
         self.live = live.rstrip("/") if live else None
-        self.speed = speed
         self.divergences: list[Divergence] = []
         self.sessions = [SessionReplay(rec, label, matcher, self.divergences, speed) for label, rec in recordings]
         self.posts = [RecordedPost(s, i + 1, e, matcher.canonical(e.request.body))
@@ -95,20 +93,7 @@ class CassetteServer:
         self.posts_seen = 0
         self.connections_seen = 0
         self.forwarded = 0  # requests and connections sent to the live upstream
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._default_normalizer = self.sessions[0].normalizer if self.sessions else None
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._accept, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def unplayed(self) -> list[Divergence]:
         """What the recordings hold that no request asked for."""
@@ -128,39 +113,15 @@ class CassetteServer:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _respond(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, target: str,
+                       headers: list[tuple[str, str]], body: bytes) -> None:
+        if request.method == b"POST" and target.split("?")[0].endswith("/responses"):
+            await self._post(conn, writer, target, headers, body)
+        else:
+            await send_json(conn, writer, 404, error_body("not_found", f"no route for {target}"))
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, body = await _read_request(conn, reader)
-                if request is None:
-                    return
-                headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
-                upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
-                target = request.target.decode("latin-1")
-                if upgrade:
-                    await self._websocket(conn, reader, writer, request, headers)
-                    return
-                if request.method == b"POST" and target.split("?")[0].endswith("/responses"):
-                    await self._post(conn, writer, target, headers, body)
-                else:
-                    await _send_json(conn, writer, 404, _error("not_found", f"no route for {target}"))
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def _websocket(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         request: h11.Request, headers: list[tuple[str, str]]) -> None:
+    async def _upgrade(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       request: h11.Request, headers: list[tuple[str, str]]) -> None:
         self.connections_seen += 1
         taken = {p.session for p in self.posts if p.played}
         session = next((s for s in self.sessions if s.turns and not s.opened and s not in taken), None)
@@ -171,11 +132,10 @@ class CassetteServer:
             self.divergences.append(Divergence(f"WebSocket connection #{self.connections_seen}", "", None,
                                                {"url": request.target.decode("latin-1")},
                                                "no recorded WebSocket session is left for it"))
-            await _send_json(conn, writer, 500, _error("replay_exhausted", "No recorded WebSocket session is left."))
+            await send_json(conn, writer, 500, error_body("replay_exhausted", "No recorded WebSocket session is left."))
             return
         session.opened = True
-        lowered = {n.lower(): v for n, v in headers}
-        await session._websocket(reader, writer, lowered, conn.trailing_data[0])
+        await session._upgrade(conn, reader, writer, request, headers)
 
     async def _post(self, conn: h11.Connection, writer: asyncio.StreamWriter, target: str,
                     headers: list[tuple[str, str]], body: bytes) -> None:
@@ -199,7 +159,7 @@ class CassetteServer:
             value = self.matcher.live(live, normalizer) if normalizer else self.matcher.canonical(live.body)
             self.divergences.append(Divergence(f"POST #{self.posts_seen} to {target}", "", None, value,
                                                "every recorded POST was already answered"))
-            await _send_json(conn, writer, 500, _error("replay_exhausted", "The recording has no more requests."))
+            await send_json(conn, writer, 500, error_body("replay_exhausted", "The recording has no more requests."))
             return
         post = waiting[0]
         post.played = True
@@ -215,22 +175,7 @@ class CassetteServer:
                 "this recording's upstream POSTs overlap in time (concurrent responses recorded without "
                 "codexbridge_max_active=1), so which answer belongs to which POST is not known: replay it over "
                 "the WebSocket (codexbridge_upstream) instead of through a bridge"))
-        exchange = post.exchange
-        response = exchange.response
-        status = response.status if response else 502
-        headers = [(n, v) for n, v in (response.headers if response else []) if n.lower() not in _SKIP_RESPONSE_HEADERS]
-        writer.write(conn.send(h11.Response(status_code=status, headers=[*headers, ("transfer-encoding", "chunked")])))
-        await writer.drain()
-        previous = response.t if response else None
-        for t, chunk in exchange.chunks:
-            if self.speed > 0 and previous is not None and t > previous:
-                await asyncio.sleep((t - previous) / self.speed)
-            previous = t
-            if chunk:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+        await self._stream(conn, writer, post.exchange)
 
     # -- new episodes: to the live upstream, through the recording bridge ---------------------
 
@@ -289,41 +234,6 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
     finally:
         with contextlib.suppress(Exception):
             sink.close()
-
-
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
-    request: h11.Request | None = None
-    body = b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await reader.read(65536)
-            conn.receive_data(data)
-            if not data and conn.their_state is h11.IDLE:
-                return None, b""
-        elif event is h11.PAUSED:
-            return request, body
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return request, body
-        elif isinstance(event, h11.ConnectionClosed):
-            return None, b""
-
-
-async def _send_json(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
-    data = json.dumps(obj).encode()
-    writer.write(conn.send(h11.Response(status_code=status, headers=[
-        ("content-type", "application/json"), ("content-length", str(len(data)))])))
-    writer.write(conn.send(h11.Data(data=data)))
-    writer.write(conn.send(h11.EndOfMessage()))
-    await writer.drain()
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"type": "server_error", "code": code, "message": message}}
 
 
 class LoopThread:
