@@ -16,7 +16,6 @@ from codexbridge.addons.common import (
     CodexAddon,
     add_message_hook_option,
     add_on_disconnect_option,
-    add_path_option,
     is_websocket_upgrade,
     on_codex_path,
     registry,
@@ -53,7 +52,6 @@ class CodexBridge(CodexAddon):
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
 
     def load(self, loader) -> None:
-        add_path_option(loader)
         add_on_disconnect_option(loader)
         add_message_hook_option(loader)
         loader.add_option(
@@ -128,8 +126,6 @@ class CodexBridge(CodexAddon):
     def configure(self, updated: set[str]) -> None:
         super().configure(updated)
         opts = ctx.options
-        if "codexbridge_path" in updated and not opts.codexbridge_path.startswith("/"):
-            raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
         for name in ("codexbridge_connect_timeout", "codexbridge_read_timeout", "codexbridge_max_stored_responses",
                      "codexbridge_auto_ttl", "codexbridge_max_lanes", "codexbridge_max_active", "codexbridge_max_queued"):
             if name in updated and getattr(opts, name) < 1:

@@ -44,10 +44,6 @@ MESSAGE_HOOK_HELP = (
 )
 
 
-def add_path_option(loader) -> None:
-    loader.add_option("codexbridge_path", str, "/v1/responses", PATH_HELP)
-
-
 def add_on_disconnect_option(loader) -> None:
     loader.add_option("codexbridge_on_disconnect", str, "cancel", ON_DISCONNECT_HELP, choices=ON_DISCONNECT)
 
@@ -114,10 +110,14 @@ class CodexAddon:
         return registry.active(self.concern) is self
 
     def load(self, loader) -> None:
+        """Every concern acts on the Codex path; each subclass adds its own options, then calls this."""
+        loader.add_option("codexbridge_path", str, "/v1/responses", PATH_HELP)
         loader.add_option("codexbridge_flow_messages", str, "200", FLOW_MESSAGES_HELP)
         registry.add(self)
 
     def configure(self, updated: set[str]) -> None:
+        if "codexbridge_path" in updated and not ctx.options.codexbridge_path.startswith("/"):
+            raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
         if "codexbridge_flow_messages" in updated:
             mitm.set_flow_messages(flow_messages(ctx.options.codexbridge_flow_messages))
         if "termlog_verbosity" in updated or not CodexAddon._log_level_set:
@@ -163,6 +163,11 @@ def on_codex_path(flow: http.HTTPFlow) -> bool:
     return urlsplit(flow.request.path).path.rstrip("/") == ctx.options.codexbridge_path.rstrip("/")
 
 
+def codex_post(flow: http.HTTPFlow) -> bool:
+    """A POST to the Codex path that no addon has answered (Codex in HTTP mode)."""
+    return flow.response is None and flow.request.method == "POST" and on_codex_path(flow)
+
+
 def websocket_starting(flow: http.HTTPFlow) -> bool:
     """A Codex WebSocket flow whose layer starts after this response hook (relayed or answered by the bridge)."""
     return (
@@ -192,8 +197,11 @@ def end_plan(flow: http.HTTPFlow, why: str) -> None:
 StreamFunction = Callable[[bytes], "bytes | Iterable[bytes]"]
 
 
-def tap_stream(response: http.Response, tap: Callable[[bytes], None]) -> None:
-    """Streams a response body through `tap` (each chunk, as it passes), after any stream function set before."""
+def tap_event_stream(response: http.Response, tap: Callable[[bytes], None]) -> bool:
+    """Streams an event stream's body through `tap` (each chunk, as it passes), after any stream function set
+    before; False, and nothing tapped, for a response that is not streamed that way."""
+    if not sse_streamed(response):
+        return False
     then = response.stream if callable(response.stream) else None
 
     def tapped(chunk: bytes) -> bytes | Iterable[bytes]:
@@ -202,6 +210,7 @@ def tap_stream(response: http.Response, tap: Callable[[bytes], None]) -> None:
         return chunk if then is None else then(chunk)
 
     response.stream = tapped
+    return True
 
 
 def sse_streamed(response: http.Response) -> bool:

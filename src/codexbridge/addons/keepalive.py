@@ -10,7 +10,6 @@ from codexbridge.addons.common import (
     CodexAddon,
     add_message_hook_option,
     add_on_disconnect_option,
-    add_path_option,
     registry,
     websocket_starting,
 )
@@ -24,7 +23,6 @@ class Keepalive(CodexAddon):
     concern = KEEPALIVE
 
     def load(self, loader) -> None:
-        add_path_option(loader)
         loader.add_option(
             "codexbridge_ping_interval", int, 20,
             "Seconds without any write to a WebSocket client after which the proxy sends it a Ping, "
@@ -59,8 +57,6 @@ class Keepalive(CodexAddon):
                 )
         if "codexbridge_text_keepalive" in updated and opts.codexbridge_text_keepalive < 0:
             raise exceptions.OptionsError("codexbridge_text_keepalive must be 0 (off) or positive.")
-        if "codexbridge_path" in updated and not opts.codexbridge_path.startswith("/"):
-            raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
 
     @staticmethod
     def policy() -> KeepalivePolicy:

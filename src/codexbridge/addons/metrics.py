@@ -18,12 +18,11 @@ from codexbridge import mitm
 from codexbridge.addons.common import (
     METRICS,
     CodexAddon,
-    add_path_option,
+    codex_post,
     is_websocket_upgrade,
     on_codex_path,
     registry,
-    sse_streamed,
-    tap_stream,
+    tap_event_stream,
 )
 
 if TYPE_CHECKING:
@@ -279,7 +278,6 @@ class Metrics(CodexAddon):
         return self.server is not None and self.active
 
     def load(self, loader) -> None:
-        add_path_option(loader)
         loader.add_option(
             "codexbridge_metrics", str, "",
             "HOST:PORT to serve Prometheus metrics on (GET /metrics): sessions, responses by outcome, upstream "
@@ -358,8 +356,7 @@ class Metrics(CodexAddon):
     # -- HTTP + SSE (Codex in HTTP mode) ----------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if (not self.on or flow.request.method != "POST" or flow.response is not None or not on_codex_path(flow)
-                or registry.bridge_off()):
+        if not self.on or not codex_post(flow) or registry.bridge_off():
             return
         self._http[flow.id] = HttpExchange(time.monotonic())
         self.counts.session_opened("http")
@@ -370,8 +367,6 @@ class Metrics(CodexAddon):
         if exchange is None or response is None:
             return
         self.counts.bump(self.counts.upstream_status, str(response.status_code))
-        if not sse_streamed(response):
-            return
 
         def meter(chunk: bytes) -> None:
             if exchange.first is None:
@@ -379,7 +374,7 @@ class Metrics(CodexAddon):
             if b'"type":"response.' in chunk or b'"type":"error"' in chunk:
                 exchange.outcomes.extend(OUTCOMES[m.group(1).decode()] for m in _SSE_TERMINAL.finditer(chunk))
 
-        tap_stream(response, meter)
+        tap_event_stream(response, meter)
 
     def _http_ended(self, flow: http.HTTPFlow, exchange: HttpExchange) -> None:
         self.counts.session_closed("http")

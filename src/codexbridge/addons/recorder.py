@@ -12,12 +12,9 @@ from codexbridge import mitm
 from codexbridge.addons.common import (
     RECORDER,
     CodexAddon,
-    add_path_option,
-    is_websocket_upgrade,
-    on_codex_path,
+    codex_post,
     registry,
-    sse_streamed,
-    tap_stream,
+    tap_event_stream,
     upstream_url,
     websocket_starting,
 )
@@ -37,7 +34,6 @@ class Recorder(CodexAddon):
         self.http_recorders: dict[str, RemoteRecorder] = {}
 
     def load(self, loader) -> None:
-        add_path_option(loader)
         loader.add_option(
             "codexbridge_record", str, "",
             "A directory to record every session on the bridged path into, one JSON Lines file per "
@@ -75,8 +71,6 @@ class Recorder(CodexAddon):
             Redactor(opts.codexbridge_record_redact)  # the patterns must also combine
         if "codexbridge_record_elide" in updated and opts.codexbridge_record_elide < 0:
             raise exceptions.OptionsError("codexbridge_record_elide must be 0 (off) or positive.")
-        if "codexbridge_path" in updated and not opts.codexbridge_path.startswith("/"):
-            raise exceptions.OptionsError("codexbridge_path must start with '/', e.g. /v1/responses.")
 
     def _recording(self) -> bool:
         return bool(ctx.options.codexbridge_record) and self.active and not registry.bridge_off()
@@ -116,9 +110,7 @@ class Recorder(CodexAddon):
     # -- HTTP + SSE (Codex in HTTP mode) ----------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.request.method != "POST" or is_websocket_upgrade(flow.request):
-            return
-        if not self._recording() or not on_codex_path(flow):
+        if not codex_post(flow) or not self._recording():
             return
         rec = self.open(flow, "http", upstream_url(flow))
         req = flow.request
@@ -131,8 +123,7 @@ class Recorder(CodexAddon):
         if response is None or rec is None:
             return
         rec.upstream_response(response.status_code, response.headers.items(multi=True))
-        if sse_streamed(response):
-            tap_stream(response, rec.upstream_chunk)  # else the whole body is recorded in response()
+        tap_event_stream(response, rec.upstream_chunk)  # or, when it is not streamed, response() records the body
 
     def error(self, flow: http.HTTPFlow) -> None:
         rec = self.http_recorders.pop(flow.id, None)
