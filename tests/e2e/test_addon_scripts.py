@@ -12,12 +12,12 @@ import pytest
 from codexbridge.recording.schema import ClientFrame, Ping, ServerFrame, UpstreamRequest, load
 from codexbridge.tools.procs import free_port, mitmdump_command, script_path
 from support import BIN, ROOT
-from support.codex import Codex, quiet_codex_config
+from support.codex import Codex, record_codex_echo
 from support.mitmdump import TEST_OPTIONS, Mitmdump, start_mitmdump
 from support.processes import start_process
 from support.rawws import RawWebSocket
 from support.turns import turn
-from support.upstream import Upstream, start_replay_server, start_upstream
+from support.upstream import Upstream, start_replay_server
 
 KEEPALIVE = {"codexbridge_path", "codexbridge_ping_interval", "codexbridge_ping_timeout", "codexbridge_text_keepalive",
              "codexbridge_on_disconnect", "codexbridge_message_hook"}
@@ -127,17 +127,9 @@ def test_record_script_records_real_codex_and_codex_reruns_offline_from_it(
     tmp_path: Path, codex: Codex, websockets: bool
 ) -> None:
     rec_dir = tmp_path / "rec"
-    upstream = start_upstream(tmp_path, *(["--websocket"] if websockets else []))
-    proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40",
-                           script=str(script_path("record")))
-    quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
-    try:
-        codex.configure(proxy.base_url, websockets=websockets, extra=quiet)
-        live = codex.exec("run echo")
-    finally:
-        proxy.stop()
-        upstream.stop()  # offline from here on: the replay is the only upstream
-    assert live.returncode == 0 and "tool said: hello-from-tool" in live.stdout, live.stderr
+    live, quiet = record_codex_echo(tmp_path, codex, rec_dir, websockets=websockets,  # offline after it
+                                    upstream_flags=("--websocket",) if websockets else (),
+                                    script=str(script_path("record")))
     recordings = [load(str(f)) for f in sorted(rec_dir.glob("*.jsonl"))]
     assert recordings and all(r.complete for r in recordings)
     if websockets:

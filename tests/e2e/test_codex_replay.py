@@ -11,10 +11,7 @@ import pytest
 
 from codexbridge.recording.schema import load
 from codexbridge.testing.cassette import Cassette
-from support import ROOT
-from support.codex import Codex, quiet_codex_config
-from support.mitmdump import start_mitmdump
-from support.upstream import start_upstream
+from support.codex import Codex, record_codex_echo
 
 pytestmark = pytest.mark.codex
 
@@ -23,16 +20,7 @@ pytestmark = pytest.mark.codex
 def test_recorded_codex_session_runs_offline_from_the_replay(tmp_path: Path, codex: Codex, codexbridge: Cassette,
                                                              websockets: bool) -> None:
     rec_dir = tmp_path / "rec"
-    upstream = start_upstream(tmp_path)
-    proxy = start_mitmdump(tmp_path, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40")
-    quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
-    try:
-        codex.configure(proxy.base_url, websockets=True, extra=quiet)
-        live = codex.exec("run echo")
-    finally:
-        proxy.stop()
-        upstream.stop()  # offline from here on: the replay is the only upstream
-    assert live.returncode == 0 and "tool said: hello-from-tool" in live.stdout, live.stderr
+    live, quiet = record_codex_echo(tmp_path, codex, rec_dir, websockets=True)  # offline after it: the replay serves
     (recording,) = rec_dir.glob("*.jsonl")
     assert load(str(recording)).complete
 

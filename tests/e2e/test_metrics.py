@@ -6,8 +6,9 @@ import asyncio
 import json
 import shutil
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,6 +73,16 @@ def settled(port: int, check: Callable[[Samples], bool]) -> Samples:
     return found[0]
 
 
+def scrape_after(proxy: Mitmdump, port: int, clients: Callable[[], Coroutine[Any, Any, None]],
+                 check: Callable[[Samples], bool]) -> Samples:
+    """Runs the clients against the proxy, then scrapes once `check` holds; the proxy is stopped either way."""
+    try:
+        asyncio.run(clients())
+        return settled(port, check)
+    finally:
+        proxy.stop()
+
+
 def test_bridge_metrics_count_completed_failed_erroring_and_abandoned_turns(tmp_path: Path, upstream: Upstream) -> None:
     proxy, metrics = start(tmp_path, upstream.url, ("bridge",), "codexbridge_ping_interval=2",
                            "codexbridge_ping_timeout=1")
@@ -89,14 +100,10 @@ def test_bridge_metrics_count_completed_failed_erroring_and_abandoned_turns(tmp_
         async with asyncio.timeout(8):
             await deaf.closed.wait()  # closed for its late pong
         assert deaf.close_code == 1011
+        assert b"response.completed" in await asyncio.to_thread(post_turn, proxy.base_url, "over http")
 
-    try:
-        asyncio.run(go())
-        assert b"response.completed" in post_turn(proxy.base_url, "over http")
-        samples = settled(metrics, lambda s: value(s, "codexbridge_sessions_open", mode="bridge") == 0
-                          and value(s, "codexbridge_responses_total", outcome="client_gone") == 1)
-    finally:
-        proxy.stop()
+    samples = scrape_after(proxy, metrics, go, lambda s: value(s, "codexbridge_sessions_open", mode="bridge") == 0
+                           and value(s, "codexbridge_responses_total", outcome="client_gone") == 1)
 
     assert value(samples, "codexbridge_sessions_total", mode="bridge") == 3
     assert value(samples, "codexbridge_sessions_total", mode="http") == 1
@@ -128,12 +135,8 @@ def test_metrics_of_relayed_sessions_with_the_keepalive_script(tmp_path: Path, w
         await ws.close()
         await abandon(proxy.port, "[[sleep:5]] slow")
 
-    try:
-        asyncio.run(go())
-        samples = settled(metrics, lambda s: value(s, "codexbridge_sessions_open", mode="passthrough") == 0
-                          and value(s, "codexbridge_sessions_total", mode="passthrough") == 2)
-    finally:
-        proxy.stop()
+    samples = scrape_after(proxy, metrics, go, lambda s: value(s, "codexbridge_sessions_open", mode="passthrough") == 0
+                           and value(s, "codexbridge_sessions_total", mode="passthrough") == 2)
     assert value(samples, "codexbridge_sessions_total", mode="bridge") == 0
     assert value(samples, "codexbridge_upstream_responses_total", status="101") == 2
     assert value(samples, "codexbridge_responses_total", outcome="completed") == 1
@@ -154,11 +157,7 @@ def test_a_recording_the_worker_cannot_write_counts_as_a_recording_failure(tmp_p
         assert (await turn(ws, "one"))[-1].startswith('{"type":"response.completed"')  # the session goes on
         await ws.close()
 
-    try:
-        asyncio.run(go())
-        samples = settled(metrics, lambda s: value(s, "codexbridge_recording_failures_total") >= 1)
-    finally:
-        proxy.stop()
+    samples = scrape_after(proxy, metrics, go, lambda s: value(s, "codexbridge_recording_failures_total") >= 1)
     assert value(samples, "codexbridge_recording_failures_total") == 1
     assert "RECORDING FAILED" in proxy.log
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from support import ROOT, need
+from support.mitmdump import start_mitmdump
+from support.upstream import start_upstream
 
 
 def codex_binary() -> str | None:
@@ -112,3 +114,21 @@ class Codex:
     def exec(self, prompt: str, *extra: str, timeout: float = 120) -> CodexRun:
         return self.run("exec", "--skip-git-repo-check", "--sandbox", "danger-full-access", *extra, prompt,
                         timeout=timeout)
+
+
+def record_codex_echo(tmp: Path, codex: Codex, rec_dir: Path, *, websockets: bool, upstream_flags: tuple[str, ...] = (),
+                      script: str | None = None) -> tuple[CodexRun, str]:
+    """Real Codex runs "run echo" through a recording mitmdump (into rec_dir, long strings elided) in front of the
+    mock upstream; both are stopped after it, so what follows is offline. Returns the run and the quiet config."""
+    upstream = start_upstream(tmp, *upstream_flags)
+    proxy = start_mitmdump(tmp, upstream.url, f"codexbridge_record={rec_dir}", "codexbridge_record_elide=40",
+                           script=script)
+    quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
+    try:
+        codex.configure(proxy.base_url, websockets=websockets, extra=quiet)
+        live = codex.exec("run echo")
+    finally:
+        proxy.stop()
+        upstream.stop()
+    assert live.returncode == 0 and "tool said: hello-from-tool" in live.stdout, live.stderr
+    return live, quiet

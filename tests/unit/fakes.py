@@ -157,10 +157,19 @@ class FakeExchange:
         elif not self.conn.done.done():
             self.conn.done.set_exception(error)
 
-    def complete(self, response_id: str, text: str = "done") -> None:
-        """A whole successful response in one go: head, events, end of body."""
+    def start(self, response_id: str = "r1") -> None:
+        """A response under way: the head, then its response.created event."""
+        self.respond()
+        self.events(created_event(response_id))
+
+    def answer(self, response_id: str, text: str = "done") -> None:
+        """The head and every event of a successful response, in one read; the body has not ended yet."""
         self.respond()
         self.events(*completed_events(response_id, text))
+
+    def complete(self, response_id: str, text: str = "done") -> None:
+        """A whole successful response in one go: head, events, end of body."""
+        self.answer(response_id, text)
         self.end()
 
 
@@ -230,6 +239,14 @@ class Bridge:
 
     def create(self, text: str = "hi", **fields: Any) -> None:
         self.frame({"type": "response.create", "model": "gpt-test", "input": [user(text)], **fields})
+
+    async def started(self, text: str = "task", **fields: Any) -> FakeExchange:
+        """A create whose response is under way as r1 (head and response.created delivered), once the loop has run."""
+        self.create(text, **fields)
+        run = self.upstream.last
+        run.start()
+        await turns()
+        return run
 
     def steer(self, target: str, text: str = "also this") -> None:
         self.frame({"type": "response.steer", "previous_response_id": target, "input": [user(text)]})

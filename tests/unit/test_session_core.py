@@ -84,8 +84,7 @@ async def test_max_active_bounds_responses_streaming_at_once() -> None:
         b.create(lane, stream_id=lane)
     assert len(b.upstream.exchanges) == 2
     first = b.upstream.exchanges[0]
-    first.respond()
-    first.events(*completed_events("ra"))  # its terminal event frees its lane, not its slot: the body goes on
+    first.answer("ra")  # its terminal event frees its lane, not its slot: the body goes on
     await turns()
     assert len(b.upstream.exchanges) == 2
     first.end()
@@ -125,8 +124,7 @@ async def test_a_response_settles_at_its_terminal_event_while_its_body_still_end
     b = Bridge()
     b.create("first")
     first = b.upstream.last
-    first.respond()
-    first.events(*completed_events("r1", "one"))  # the body has not ended yet
+    first.answer("r1", "one")  # the body has not ended yet
     await turns()
     b.create("next", previous_response_id="r1")  # what Codex does as soon as it sees response.completed
     assert not b.client.errors()
@@ -180,11 +178,7 @@ async def test_a_failed_continuation_on_the_same_lane_evicts_its_parent_a_fork_d
 @in_loop
 async def test_accepted_steering_input_starts_a_successor_with_the_full_history() -> None:
     b = Bridge()
-    b.create("task")
-    run = b.upstream.last
-    run.respond()
-    run.events(created_event("r1"))
-    await turns()
+    run = await b.started()
     b.steer("r1", "faster")
     accepted = b.client.events[-1]
     assert accepted["type"] == "response.steer.accepted" and accepted["steer"]["previous_response_id"] == "r1"
@@ -198,12 +192,8 @@ async def test_accepted_steering_input_starts_a_successor_with_the_full_history(
 @in_loop
 async def test_steering_input_for_a_response_waiting_on_a_tool_goes_before_the_clients_continuation() -> None:
     b = Bridge()
-    b.create("task")
-    run = b.upstream.last
     call = {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"}
-    run.respond()
-    run.events(created_event("r1"))
-    await turns()
+    run = await b.started()
     b.steer("r1", "also")
     run.events(*completed_events("r1", item=call)[1:])
     run.end()
@@ -233,11 +223,7 @@ async def test_steering_a_response_that_is_not_running_fails(target: str, code: 
 @in_loop
 async def test_steering_input_fails_when_its_response_does_not_complete() -> None:
     b = Bridge()
-    b.create("task")
-    run = b.upstream.last
-    run.respond()
-    run.events(created_event("r1"))
-    await turns()
+    run = await b.started()
     b.steer("r1")
     run.fail(UpstreamError("reset by peer"))
     await turns()
@@ -255,8 +241,7 @@ async def test_a_client_leaving_cancels_its_responses() -> None:
     b.create("task", stream_id="a")
     b.create("queued", stream_id="a")
     run = b.upstream.last
-    run.respond()
-    run.events(created_event("r1"))
+    run.start()
     await turns()
     sent = len(b.client.sent)
     b.client.leaves()
@@ -272,11 +257,7 @@ async def test_a_client_leaving_cancels_its_responses() -> None:
 @in_loop
 async def test_with_drain_a_client_leaving_lets_the_upstream_run_to_its_end() -> None:
     b = Bridge(on_disconnect="drain")
-    b.create("task")
-    run = b.upstream.last
-    run.respond()
-    run.events(created_event("r1"))
-    await turns()
+    run = await b.started()
     b.client.leaves()
     b.session.on_client_closed()
     await turns()
@@ -304,8 +285,7 @@ async def test_a_write_to_a_gone_client_ends_the_session() -> None:
     b = Bridge()
     b.create("task")
     b.client.gone = True  # the socket went away; the layer has not said so yet
-    b.upstream.last.respond()
-    b.upstream.last.events(created_event("r1"))
+    b.upstream.last.start()
     await turns()
     assert b.session.client_gone and b.session.closed.is_set()
 
@@ -330,20 +310,17 @@ def _answer_json(exchange: Any) -> None:
 
 
 def _break_mid_stream(exchange: Any) -> None:
-    exchange.respond()
-    exchange.events(created_event("r1"))
+    exchange.start()
     exchange.fail(UpstreamError("reset by peer"))
 
 
 def _go_silent(exchange: Any) -> None:
-    exchange.respond()
-    exchange.events(created_event("r1"))
+    exchange.start()
     exchange.fail(UpstreamTimeout("silent"))
 
 
 def _end_early(exchange: Any) -> None:
-    exchange.respond()
-    exchange.events(created_event("r1"))
+    exchange.start()
     exchange.end()
 
 
@@ -375,8 +352,7 @@ async def test_an_upstream_failure_after_the_terminal_event_is_not_reported() ->
     b = Bridge()
     b.create("task")
     run = b.upstream.last
-    run.respond()
-    run.events(*completed_events("r1"))
+    run.answer("r1")
     run.fail(UpstreamError("reset after the end"))
     await turns()
     assert not b.client.errors()
