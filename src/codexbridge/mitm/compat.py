@@ -28,7 +28,19 @@ def check_internals() -> None:
             problems.append("HttpStream.flow_done no longer builds websocket.WebsocketLayer")
     except (AttributeError, OSError, TypeError):
         problems.append("HttpStream.flow_done cannot be inspected")
+    from mitmproxy import addonmanager, hooks
     from mitmproxy.proxy import server  # imported here: it pulls in the whole proxy core
+    from mitmproxy.proxy.layers import tls as tls_layers
+
+    for name in ("trigger_event", "trigger", "register", "remove", "clear", "add"):  # dispatch.py wraps them
+        if not callable(getattr(addonmanager.AddonManager, name, None)):
+            problems.append(f"AddonManager.{name} is missing")
+    if not callable(getattr(addonmanager, "safecall", None)) or not callable(getattr(addonmanager, "traverse", None)):
+        problems.append("mitmproxy.addonmanager.safecall/traverse are missing")
+    if not callable(getattr(hooks.Hook, "args", None)):
+        problems.append("Hook.args is missing")
+    if not hasattr(tls_layers, "ClientTLSLayer"):
+        problems.append("mitmproxy.proxy.layers.tls.ClientTLSLayer is missing")
 
     if not hasattr(server.ConnectionHandler, "server_event") or "transports" not in getattr(server.ConnectionHandler, "__annotations__", {}):
         problems.append("ConnectionHandler.server_event/transports are missing")
