@@ -19,11 +19,11 @@ from support.rawws import RawWebSocket
 from support.turns import turn
 from support.upstream import Upstream, start_replay_server
 
-KEEPALIVE = {"codexbridge_path", "codexbridge_ping_interval", "codexbridge_ping_timeout", "codexbridge_text_keepalive",
+KEEPALIVE = {"codexbridge_path", "codexbridge_flow_messages", "codexbridge_ping_interval", "codexbridge_ping_timeout", "codexbridge_text_keepalive",
              "codexbridge_on_disconnect", "codexbridge_message_hook"}
-RECORDER = {"codexbridge_path", "codexbridge_record", "codexbridge_record_redact", "codexbridge_record_elide"}
-METRICS = {"codexbridge_path", "codexbridge_metrics"}
-BRIDGE = {"codexbridge_path", "codexbridge_on_disconnect", "codexbridge_message_hook", "codexbridge_mode",
+RECORDER = {"codexbridge_path", "codexbridge_flow_messages", "codexbridge_record", "codexbridge_record_redact", "codexbridge_record_elide"}
+METRICS = {"codexbridge_path", "codexbridge_flow_messages", "codexbridge_metrics"}
+BRIDGE = {"codexbridge_path", "codexbridge_flow_messages", "codexbridge_on_disconnect", "codexbridge_message_hook", "codexbridge_mode",
           "codexbridge_max_frame_bytes", "codexbridge_connect_timeout", "codexbridge_read_timeout",
           "codexbridge_max_stored_responses", "codexbridge_auto_ttl", "codexbridge_max_stored_bytes",
           "codexbridge_max_lanes", "codexbridge_max_active", "codexbridge_max_queued", "codexbridge_gc_tuning",
