@@ -39,6 +39,10 @@ def check_internals() -> None:
         problems.append("mitmproxy.addonmanager.safecall/traverse are missing")
     if not callable(getattr(hooks.Hook, "args", None)):
         problems.append("Hook.args is missing")
+    from mitmproxy.proxy import mode_servers
+
+    if not callable(getattr(mode_servers.AsyncioServerInstance, "listen", None)):
+        problems.append("AsyncioServerInstance.listen is missing")
     if not hasattr(tls_layers, "ClientTLSLayer"):
         problems.append("mitmproxy.proxy.layers.tls.ClientTLSLayer is missing")
 

@@ -22,7 +22,7 @@ from mitmproxy.websocket import WebSocketMessage
 from OpenSSL import SSL
 from wsproto.frame_protocol import Opcode
 
-from codexbridge.mitm import dispatch
+from codexbridge.mitm import dispatch, listen
 from codexbridge.mitm.channel import DirectReader, wsproto_idle
 from codexbridge.mitm.keepalive_driver import KeepaliveDriver
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
@@ -537,11 +537,13 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
 def install() -> None:
     """Makes mitmproxy build CodexWebsocketLayer for every WebSocket flow, and dispatch hooks only to the addons
-    that implement them (idempotent)."""
+    that implement them, with a listen backlog that holds a connection storm (idempotent)."""
     ws_layers.WebsocketLayer = CodexWebsocketLayer  # type: ignore[misc]
     dispatch.install()
+    listen.install()
 
 
 def uninstall() -> None:
     ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]
     dispatch.uninstall()
+    listen.uninstall()
