@@ -13,8 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from appserver import run_thread  # noqa: E402
-from support import Codex, codex_binary, quiet_codex_config, start_mitmdump, start_upstream  # noqa: E402
+from support.appserver import run_thread  # noqa: E402
+from support.codex import Codex, codex_binary, quiet_codex_config  # noqa: E402
+from support.mitmdump import start_mitmdump  # noqa: E402
+from support.upstream import start_upstream  # noqa: E402
 
 OUT = ROOT / "recordings"
 ELIDE = 40  # Codex's own texts (instructions, tool descriptions) are not ours to ship
