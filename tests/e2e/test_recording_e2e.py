@@ -125,10 +125,21 @@ def test_recording_has_every_kind_of_event(module_tmp: Path, upstream: Upstream)
     assert json.loads(req.body)["stream"] is True
 
 
+def wait_for_workers(workers: list[int]) -> None:
+    """The recording worker outlives a killed proxy: it drains the spool, then exits."""
+    assert workers, "the recording worker was running"
+    for _ in range(600):
+        if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the recording worker did not finish within 30 s of the kill")
+
+
 def test_kill_9_leaves_a_readable_file_up_to_the_last_event(module_tmp: Path, upstream: Upstream) -> None:
     rec_dir = module_tmp / "rec-kill"
     proxy = start_mitmdump(module_tmp, upstream.url, f"codexbridge_record={rec_dir}")
     received: list[str] = []
+    workers: list[int] = []
 
     async def go() -> None:
         ws = await websockets.connect(proxy.ws_url)
@@ -136,6 +147,7 @@ def test_kill_9_leaves_a_readable_file_up_to_the_last_event(module_tmp: Path, up
         async with asyncio.timeout(15):
             while len(received) < 30:
                 received.append(await ws.recv())
+        workers.extend(child_pids(proxy.proc.pid))
         os.kill(proxy.proc.pid, signal.SIGKILL)
         proxy.proc.wait()
         try:
@@ -146,6 +158,7 @@ def test_kill_9_leaves_a_readable_file_up_to_the_last_event(module_tmp: Path, up
             pass
 
     asyncio.run(go())
+    wait_for_workers(workers)
     (f,) = recordings(rec_dir)
     rec = load(str(f))
     assert not rec.complete
@@ -193,13 +206,7 @@ def test_kill_9_under_load_keeps_every_frame_the_clients_received(module_tmp: Pa
     try:
         asyncio.run(go())
         proxy.proc.wait()
-        assert workers, "the recording worker was running"
-        for _ in range(600):  # it drains the spool, then exits
-            if not any(Path(f"/proc/{pid}").exists() for pid in workers):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the recording worker did not finish within 30 s of the kill")
+        wait_for_workers(workers)
     finally:
         proxy.stop()
         bench_upstream.stop()
