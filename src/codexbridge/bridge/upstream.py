@@ -117,7 +117,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio passes the stream Transport it made; the protocol API types it as BaseTransport
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -258,7 +258,7 @@ class Connection(asyncio.Protocol):
 
     def _fail(self, error: Exception, retryable: bool = False) -> None:
         if isinstance(error, UpstreamError):
-            error.retryable = retryable  # type: ignore[attr-defined]
+            error.retryable = retryable  # type: ignore[attr-defined]  # a marker attribute on the exception, read by the retry logic
         self._cancel_timer()
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():

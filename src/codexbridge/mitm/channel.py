@@ -25,8 +25,8 @@ def wsproto_idle(ws: wsproto.Connection) -> bool:
     """No partial frame or fragmented message inside wsproto: another reader may start at the next byte."""
     proto = getattr(ws, "_proto", None)
     try:
-        decoder = proto._frame_decoder  # type: ignore[union-attr]
-        return decoder.header is None and len(decoder.buffer) == 0 and proto._message_decoder.opcode is None  # type: ignore[union-attr]
+        decoder = proto._frame_decoder  # type: ignore[union-attr]  # wsproto internals, guarded by the AttributeError fallback
+        return decoder.header is None and len(decoder.buffer) == 0 and proto._message_decoder.opcode is None  # type: ignore[union-attr]  # wsproto internals, guarded by the AttributeError fallback
     except AttributeError:
         return False
 

@@ -93,7 +93,7 @@ def trigger(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
 def hook_args(self: hooks.Hook) -> list[Any]:
     names = _ARG_NAMES.get(type(self))
     if names is None:
-        names = _ARG_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        names = _ARG_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]  # dataclasses.fields accepts the dataclass instance mitmproxy's hooks are
     return [getattr(self, n) for n in names]
 
 
@@ -121,9 +121,9 @@ def install() -> None:
     _stock["args"] = hooks.Hook.args
     for name in ("register", "remove", "clear", "add"):
         setattr(addonmanager.AddonManager, name, _bumping(name))
-    addonmanager.AddonManager.trigger_event = trigger_event  # type: ignore[method-assign]
-    addonmanager.AddonManager.trigger = trigger  # type: ignore[method-assign]
-    hooks.Hook.args = hook_args  # type: ignore[method-assign]
+    addonmanager.AddonManager.trigger_event = trigger_event  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
+    addonmanager.AddonManager.trigger = trigger  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
+    hooks.Hook.args = hook_args  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     _changed()
 
 
@@ -132,6 +132,6 @@ def uninstall() -> None:
         return
     for name in ("trigger_event", "trigger", "register", "remove", "clear", "add"):
         setattr(addonmanager.AddonManager, name, _stock[name])
-    hooks.Hook.args = _stock["args"]  # type: ignore[method-assign]
+    hooks.Hook.args = _stock["args"]  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     _stock.clear()
     _changed()

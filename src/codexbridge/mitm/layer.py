@@ -177,7 +177,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             while True:
                 command = gen.send(reply)
                 if isinstance(command, ws_layers.WebsocketMessageHook):
-                    self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]
+                    self._observe(self.flow.websocket.messages[-1])  # type: ignore[union-attr]  # a WebSocket flow always has .websocket; mitmproxy types it Optional
                     if self.outbox is not None:
                         self.outbox.trim_messages()
                     if not self.plan.message_hook:
@@ -228,7 +228,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if isinstance(event, events.ConnectionClosed):
             self.server_ws.receive_data(None)
         else:
-            self.server_ws.receive_data(event.data)  # type: ignore[attr-defined]
+            self.server_ws.receive_data(event.data)  # type: ignore[attr-defined]  # the expect() decorator admits only DataReceived here
         for ws_event in self.server_ws.events():
             if isinstance(ws_event, wse.Message):
                 data = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
@@ -266,7 +266,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
             if not event.message.from_client:
                 yield from self._in_turn(outbox.send, [event.message.content], True)
             return
-        if event.connection != self.context.client:  # type: ignore[attr-defined]
+        if event.connection != self.context.client:  # type: ignore[attr-defined]  # the expect() decorator admits only connection events here
             return  # a server connection opened eagerly by mitmproxy: never used for bridged flows
         self.client_ws.receive_data(event.data if isinstance(event, events.DataReceived) else None)
         for ws_event in self.client_ws.events():
@@ -340,7 +340,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         outbox.connections.activity()
         frames = fast.feed(data)
         if frames:
-            messages = self.flow.websocket.messages  # type: ignore[union-attr]
+            messages = self.flow.websocket.messages  # type: ignore[union-attr]  # a WebSocket flow always has .websocket; mitmproxy types it Optional
             now = time.time()
             texts = 0
             for frame in frames:
@@ -445,7 +445,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         if self.recorder is not None:
             self.recorder.client_frame(text if text is not None else content)
         message = WebSocketMessage(Opcode.TEXT if text is not None else Opcode.BINARY, True, content)
-        self.flow.websocket.messages.append(message)  # type: ignore[union-attr]
+        self.flow.websocket.messages.append(message)  # type: ignore[union-attr]  # a WebSocket flow always has .websocket; mitmproxy types it Optional
         if self.outbox is not None:
             self.outbox.trim_messages()
         return message
@@ -538,12 +538,12 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 def install() -> None:
     """Makes mitmproxy build CodexWebsocketLayer for every WebSocket flow, and dispatch hooks only to the addons
     that implement them, with a listen backlog that holds a connection storm (idempotent)."""
-    ws_layers.WebsocketLayer = CodexWebsocketLayer  # type: ignore[misc]
+    ws_layers.WebsocketLayer = CodexWebsocketLayer  # type: ignore[misc]  # replacing mitmproxy's layer class is how the layer is installed (checked at load)
     dispatch.install()
     listen.install()
 
 
 def uninstall() -> None:
-    ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]
+    ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]  # replacing mitmproxy's layer class is how the layer is installed (checked at load)
     dispatch.uninstall()
     listen.uninstall()

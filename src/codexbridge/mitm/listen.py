@@ -46,7 +46,7 @@ def install() -> None:
     load (their listen call started before this patch: they are deepened as soon as they listen)."""
     if "listen" not in _stock:
         _stock["listen"] = mode_servers.AsyncioServerInstance.listen
-        mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
+        mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     try:
         proxyserver = ctx.master.addons.get("proxyserver")
         loop = asyncio.get_running_loop()
@@ -73,7 +73,7 @@ async def _deepen_when_listening(instances: list[Any], seconds: float = 10.0) ->
 
 def uninstall() -> None:
     if "listen" in _stock:
-        mode_servers.AsyncioServerInstance.listen = _stock.pop("listen")  # type: ignore[method-assign]
+        mode_servers.AsyncioServerInstance.listen = _stock.pop("listen")  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     watch = _stock.pop("watch", None)
     if watch is not None:
         watch.cancel()

@@ -154,7 +154,7 @@ class ClientOutbox:
 
     def trim_messages(self) -> None:
         """Keeps the flow's list of frames within the window: the oldest go, and the flow's metadata counts them."""
-        messages = self.flow.websocket.messages  # type: ignore[union-attr]
+        messages = self.flow.websocket.messages  # type: ignore[union-attr]  # a WebSocket flow always has .websocket; mitmproxy types it Optional
         excess = len(messages) - self.window if self._trim_at and len(messages) > self._trim_at else 0
         if excess > 0:
             del messages[:excess]
