@@ -176,8 +176,14 @@ def test_cluster_serves_each_workers_metrics_on_a_port_of_its_own(tmp_path: Path
                  nginx=nginx_binary()) as cluster:
         assert len(set(cluster.metrics_ports)) == 2
         asyncio.run(sessions(cluster.port))
-        per_worker = [settled(p, lambda s: value(s, "codexbridge_sessions_open", mode="bridge") == 0)
-                      for p in cluster.metrics_ports]
+        per_worker: list[Samples] = []
+
+        def all_counted() -> bool:  # each worker counts its sessions' ends a moment after the clients saw them
+            per_worker[:] = [scrape(p) for p in cluster.metrics_ports]
+            return (all(value(s, "codexbridge_sessions_open", mode="bridge") == 0 for s in per_worker)
+                    and sum(value(s, "codexbridge_sessions_total", mode="bridge") for s in per_worker) >= 4)
+
+        asyncio.run(wait_for(all_counted, 10))
     totals = [value(s, "codexbridge_sessions_total", mode="bridge") for s in per_worker]
     assert sum(totals) == 4, totals
     assert sum(value(s, "codexbridge_responses_total", outcome="completed") for s in per_worker) == 4
