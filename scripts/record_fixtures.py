@@ -5,7 +5,7 @@ Run: .venv/bin/python scripts/record_fixtures.py   (needs ./scripts/setup.sh --t
 
 from __future__ import annotations
 
-import shutil
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from codexbridge.recording.schema import ToClient, dumps_line, load  # noqa: E402
 from support.appserver import run_thread  # noqa: E402
 from support.codex import Codex, codex_binary, quiet_codex_config  # noqa: E402
 from support.mitmdump import start_mitmdump  # noqa: E402
@@ -58,12 +59,26 @@ def main() -> int:
                 files = sorted(rec_dir.glob("*.jsonl"))
                 for i, f in enumerate(files):
                     target = OUT / (f"{name}.jsonl" if len(files) == 1 else f"{name}-{i + 1}.jsonl")
-                    shutil.copyfile(f, target)
+                    target.write_text(with_every_frame(f))
                     target.chmod(0o644)
                 print(f"{name}: {len(files)} recording(s); codex {outcome}")
         finally:
             upstream.stop()
     return 0
+
+
+def with_every_frame(path: Path) -> str:
+    """The recording with relayed batches written out frame by frame instead of as a count of the upstream reads
+    before them: a shipped file shows what the client received, and a changed byte of it changes that alone."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out = lines[:1]
+    for line, event in zip(lines[1:], load(str(path)).events, strict=True):
+        obj = json.loads(line)
+        if isinstance(event, ToClient) and obj.get("relayed") is not None:
+            line = dumps_line({"kind": "to_client", "t": obj["t"], "frames": event.frames,
+                               "synthetic": obj.get("synthetic", False)})
+        out.append(line)
+    return "".join(out)
 
 
 if __name__ == "__main__":

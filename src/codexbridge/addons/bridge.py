@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.websocket import WebSocketData
@@ -24,6 +25,7 @@ from codexbridge.addons.common import (
 from codexbridge.bridge.session import BridgeSession, SessionConfig
 from codexbridge.bridge.upstream import UpstreamPool, UpstreamSettings
 from codexbridge.responses.events import dumps
+from codexbridge.responses.metadata import UPGRADE_ONLY_HEADERS, UpgradeMemory
 from codexbridge.wire.wsframes import accept_token
 
 log = logging.getLogger("codexbridge")
@@ -50,6 +52,7 @@ class CodexBridge(CodexAddon):
         self._gc_last = 0.0  # when the last collection after a session's end ran (loop time), and its cost
         self._gc_cost = 0.0
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
+        self.upgrade_memory = UpgradeMemory()  # what Codex reads only at the 101, as each upstream last said it
 
     def load(self, loader) -> None:
         add_on_disconnect_option(loader)
@@ -117,6 +120,14 @@ class CodexBridge(CodexAddon):
             f"finished flow in reference cycles), at most {GC_SHARE:.0%} of the time.",
         )
         loader.add_option(
+            "codexbridge_upgrade_headers", Sequence[str], [],
+            "Headers for every 101 the bridge answers, as NAME:VALUE (repeat the option for more). Codex reads "
+            f"{' and '.join(UPGRADE_ONLY_HEADERS)} over WebSocket only from the 101, which the bridge sends "
+            "before any POST: by default it repeats what the same upstream's last answer said (the first session "
+            "to an upstream after a start gets nothing). A header named here is always sent with this value; "
+            "NAME: with no value is never sent.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -134,6 +145,14 @@ class CodexBridge(CodexAddon):
             raise exceptions.OptionsError("codexbridge_max_frame_bytes must be 0 (no limit) or positive.")
         if "codexbridge_max_stored_bytes" in updated and opts.codexbridge_max_stored_bytes < 0:
             raise exceptions.OptionsError("codexbridge_max_stored_bytes must be 0 (no bound) or positive.")
+        if "codexbridge_upgrade_headers" in updated:
+            pinned: dict[str, str] = {}
+            for item in opts.codexbridge_upgrade_headers:
+                name, sep, value = item.partition(":")
+                if not sep or not name.strip() or any(c in item for c in "\r\n"):
+                    raise exceptions.OptionsError(f"codexbridge_upgrade_headers takes NAME:VALUE, not {item!r}.")
+                pinned[name.strip()] = value.strip()
+            self.upgrade_memory.pinned = {k.lower(): v for k, v in pinned.items()}
         if "codexbridge_mode" in updated and opts.codexbridge_mode != "off" and not opts.websocket:
             raise exceptions.OptionsError("codexbridge needs mitmproxy's 'websocket' option to be on.")
 
@@ -233,6 +252,7 @@ class CodexBridge(CodexAddon):
             max_lanes=opts.codexbridge_max_lanes,
             max_active=opts.codexbridge_max_active,
             max_queued=opts.codexbridge_max_queued,
+            upgrade_memory=self.upgrade_memory,
         )
         try:
             outbox = mitm.ClientOutbox(flow)
@@ -247,7 +267,8 @@ class CodexBridge(CodexAddon):
         flow.response = http.Response.make(
             101,
             b"",
-            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_token(key)},
+            [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key).encode()),
+             *((n.encode(), v.encode()) for n, v in self.upgrade_memory.upgrade_headers(upstream))],
         )
         registry.plan_websocket(flow)  # keepalive, recording and metrics of this session, by the addons loaded
         session.recorder, session.meter = plan.recorder, plan.meter

@@ -69,7 +69,8 @@ class ResponseRun:
 
     def __init__(self, prepared: PreparedRequest, lane: str | None, pool: UpstreamPool, settings: UpstreamSettings,
                  url: str, headers: list[tuple[str, str]], downstream: Downstream,
-                 recorder: RemoteRecorder | None, on_settle: Callable[[ResponseRun], None]) -> None:
+                 recorder: RemoteRecorder | None, on_settle: Callable[[ResponseRun], None],
+                 on_answer: Callable[[list[tuple[str, str]]], list[bytes]] | None = None) -> None:
         self.prepared = prepared
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)
@@ -90,6 +91,7 @@ class ResponseRun:
         self._decoder = SseDecoder()
         self._conn: Connection | None = None  # the upstream connection, once its response head is in
         self._on_settle = on_settle
+        self._on_answer = on_answer  # frames for the client from a streaming answer's headers, sent before its events
         self._exchange: Exchange | None = None
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
@@ -196,6 +198,10 @@ class ResponseRun:
             self.upstream_status = head.status
             if self._recorder is not None:
                 self._recorder.upstream_response(head.status, head.headers)
+            if self._on_answer is not None and head.status == 200 and "text/event-stream" in head.get("content-type"):
+                frames = self._on_answer(head.headers)
+                if frames:
+                    self._down.emit(self.tagged(frames), True)
         if head.status == 200 and "text/event-stream" in head.get("content-type"):
             return self._on_body
         return None

@@ -23,8 +23,10 @@ from codexbridge.responses.conversation import (
 )
 from codexbridge.responses.events import dumps, user_message
 from codexbridge.responses.headers import upstream_request_headers
+from codexbridge.responses.metadata import UpgradeMemory, answer_events, is_codex_client
 from codexbridge.responses.steering import PendingSteers, Steer, SteerError
 from codexbridge.responses.synthetic import error_frame, synthetic_prewarm, synthetic_response_id
+from codexbridge.responses.turn_headers import request_headers
 
 if TYPE_CHECKING:
     from codexbridge.recording.pipe import RemoteRecorder
@@ -69,6 +71,7 @@ class SessionConfig:
     max_lanes: int = 32  # distinct named stream ids per connection
     max_active: int = 16  # responses streaming at once per connection; more wait their turn
     max_queued: int = 64  # creates waiting for a lane or an active slot
+    upgrade_memory: UpgradeMemory | None = None  # what the upstream's answers said that Codex reads only at the 101
 
 
 @dataclass(slots=True)
@@ -97,6 +100,7 @@ class BridgeSession:
         self.channel = channel
         self.pool = pool
         self.request_headers = upstream_request_headers(handshake_headers)
+        self.codex_client = is_codex_client(handshake_headers)  # gets the Codex events of each POST answer
         self.conversation = Conversation(config.max_responses, config.max_stored_bytes)
         self.stats = SessionStats(started=time.monotonic())
         self.max_frame_bytes = config.max_frame_bytes
@@ -198,7 +202,7 @@ class BridgeSession:
         response_id = synthetic_response_id(dumps(prepared.body))
         self.conversation.remember(response_id, prepared.full_input, prepared.history_bytes, lane_id)
         self.stats.responses += 1
-        frames = synthetic_prewarm(prepared.body, response_id)
+        frames = synthetic_prewarm(prepared.body, response_id, prepared.previous_response_id)
         if lane_id is not None:
             prefix = steering.stream_prefix(lane_id)
             frames = [steering.tag(f, prefix) for f in frames]
@@ -222,8 +226,10 @@ class BridgeSession:
             self._start(ready, prepared)
 
     def _start(self, lane: Lane, prepared: PreparedRequest) -> ResponseRun:
+        # the request's own headers (its turn metadata, window, turn state) as HTTP-mode Codex sends them
+        headers = request_headers(self.request_headers, prepared.own_headers, prepared.has_client_metadata)
         run = ResponseRun(prepared, lane.stream_id, self.pool, self.config.settings, self.config.upstream_url,
-                          self.request_headers, self.downstream, self.recorder, partial(self._settle, lane))
+                          headers, self.downstream, self.recorder, partial(self._settle, lane), self._answer_frames)
         lane.active = run
         first = not self.runs
         self.runs.add(run)
@@ -233,6 +239,13 @@ class BridgeSession:
         if first and run in self.runs:  # (an eager task may already have finished it)
             self.channel.response_state(True)
         return run
+
+    def _answer_frames(self, headers: list[tuple[str, str]]) -> list[bytes]:
+        """What a successful POST answer's headers tell Codex over HTTP, as the events that tell it over WebSocket
+        (sent before the answer's own); the upgrade-only ones are kept for the next 101 to this upstream."""
+        if self.config.upgrade_memory is not None:
+            self.config.upgrade_memory.observe(self.config.upstream_url, headers)
+        return [dumps(event) for event in answer_events(headers)] if self.codex_client else []
 
     def _ended(self, run: ResponseRun, lane: Lane, task: asyncio.Task[None]) -> None:
         """A response's task is over (its run settled it), or was cancelled, even before it started: its active
@@ -332,7 +345,8 @@ class BridgeSession:
         full = tracker.history + [item for s in run.steers for item in s.input]
         body["input"] = full
         successor = PreparedRequest(body, full, True, tracker.response_id,
-                                    run.prepared.history_bytes + tracker.output_bytes)
+                                    run.prepared.history_bytes + tracker.output_bytes,
+                                    run.prepared.own_headers, run.prepared.has_client_metadata)
         log.debug("stage=steer_successor parent=%s steers=%d", tracker.response_id, len(run.steers))
         lane.waiting.appendleft(successor)
 

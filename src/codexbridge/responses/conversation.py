@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codexbridge.responses.events import TERMINAL_EVENTS, user_message
+from codexbridge.responses.turn_headers import split_client_metadata
 
 # Keys of a response.create frame that belong to the WebSocket protocol, never to the POST body.
 WS_ONLY_KEYS = frozenset({"type", "previous_response_id", "generate"})
@@ -38,6 +39,9 @@ class PreparedRequest:
     generate: bool
     previous_response_id: str | None
     history_bytes: int = 0  # approximate size of full_input, for the store's byte bound
+    # this request's own headers, from its client_metadata (responses.turn_headers), and whether it had one
+    own_headers: list[tuple[str, str]] = field(default_factory=list)
+    has_client_metadata: bool = False
 
 
 @dataclass(slots=True)
@@ -143,15 +147,21 @@ class Conversation:
             full_input = raw_input
             as_input_list(raw_input)  # validates the type
         body: dict[str, Any] = {}
+        own_headers: list[tuple[str, str]] = []
         for key, value in frame.items():
             if key in WS_ONLY_KEYS:
                 continue
+            if key == "client_metadata":  # what HTTP mode sends as headers leaves the body
+                value, own_headers = split_client_metadata(value)
+                if value is None:
+                    continue
             body[key] = full_input if key == "input" else value
         if "input" not in body:
             body["input"] = full_input
         body["stream"] = True
         generate = frame.get("generate", True) is not False
-        return PreparedRequest(body, as_input_list(full_input), generate, previous or None, parent_bytes)
+        return PreparedRequest(body, as_input_list(full_input), generate, previous or None, parent_bytes, own_headers,
+                               isinstance(frame.get("client_metadata"), dict))
 
     def clear(self) -> None:
         """Forgets every stored history (the connection is over)."""

@@ -17,7 +17,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
-        # the bridge sets these itself
+        # the bridge sets these itself (and asks for no content coding, as HTTP-mode Codex with a custom provider)
         "accept",
         "accept-encoding",
         "content-type",
@@ -30,8 +30,6 @@ ERROR_HEADER_PREFIXES = ("retry-after", "x-ratelimit-", "x-request-id", "request
 BRIDGE_HEADERS = (
     ("content-type", "application/json"),
     ("accept", "text/event-stream"),
-    # compressed SSE arrives in lumps and costs a decoder on the hot path
-    ("accept-encoding", "identity"),
 )
 
 

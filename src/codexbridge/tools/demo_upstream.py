@@ -28,6 +28,7 @@ from wsproto.utilities import RemoteProtocolError as WsHandshakeError
 
 from codexbridge.responses.conversation import WS_ONLY_KEYS
 from codexbridge.responses.events import user_message
+from codexbridge.responses.metadata import is_codex_client
 
 log = logging.getLogger("codexbridge.tools.demo_upstream")
 
@@ -39,6 +40,26 @@ _ENDS = ("failed", "incomplete", "sse_error")
 _ERRORS = {429: ("rate_limit_exceeded", "rate_limit_exceeded"), 400: ("invalid_request_error", "invalid_request_error"),
            401: ("invalid_request_error", "invalid_api_key")}
 _STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# Directives that choose answer headers, as a gateway or OpenAI sets them. They hold for every request of the turn
+# (the tool follow-up too), as a server's routing and quota do. Over HTTP they are headers of the POST answer; a
+# native WebSocket server sends them as events (`response.metadata`, `codex.rate_limits`) before the response.
+_HEADER_DIRECTIVES = {"turn_state": "x-codex-turn-state", "model": "openai-model", "models_etag": "x-models-etag"}
+QUOTA_HEADERS = (
+    ("x-codex-primary-used-percent", "12.5"), ("x-codex-primary-window-minutes", "300"),
+    ("x-codex-primary-reset-at", "1900000000"), ("x-codex-secondary-used-percent", "40"),
+    ("x-codex-secondary-window-minutes", "10080"), ("x-codex-secondary-reset-at", "1900500000"),
+    ("x-codex-credits-has-credits", "true"), ("x-codex-credits-unlimited", "false"), ("x-codex-credits-balance", "9.5"),
+)
+# The same quota written the way a native WebSocket server states it (Codex reads it with parse_rate_limit_event).
+QUOTA_EVENT = {"type": "codex.rate_limits", "metered_limit_name": "codex",
+               "rate_limits": {"primary": {"used_percent": 12.5, "window_minutes": 300, "reset_at": 1900000000},
+                               "secondary": {"used_percent": 40.0, "window_minutes": 10080, "reset_at": 1900500000}},
+               "credits": {"has_credits": True, "unlimited": False, "balance": "9.5"}}
+OTHER_QUOTA_HEADERS = (("x-codex-other-primary-used-percent", "55"), ("x-codex-other-primary-window-minutes", "60"),
+                       ("x-codex-other-primary-reset-at", "1900001000"))
+OTHER_QUOTA_EVENT = {"type": "codex.rate_limits", "metered_limit_name": "codex_other",
+                     "rate_limits": {"primary": {"used_percent": 55.0, "window_minutes": 60, "reset_at": 1900001000}},
+                     "credits": {"has_credits": True, "unlimited": False, "balance": "9.5"}}
 Headers = Sequence[tuple[str, str]]
 Events = Iterator["dict[str, Any] | float | None"]
 
@@ -61,6 +82,9 @@ class Plan:
     comments: bool = False
     done: bool = False
     generate: bool = True  # False: WebSocket prewarm, response.created + response.completed only
+    compaction: bool = False  # answer a `compaction_trigger` with one `compaction` item, as remote compaction expects
+    headers: list[tuple[str, str]] = field(default_factory=list)  # answer headers chosen by directives (HTTP)
+    ws_events: list[dict[str, Any]] = field(default_factory=list)  # the same, as a native WebSocket server sends them
 
 
 def _text_of(content: Any, kinds: tuple[str, ...]) -> str:
@@ -71,21 +95,50 @@ def _text_of(content: Any, kinds: tuple[str, ...]) -> str:
                    if isinstance(p, dict) and p.get("type") in kinds and isinstance(p.get("text"), str))
 
 
+def answer_headers(plan: Plan, directives: list[tuple[str, str]]) -> None:
+    """Fills the plan's answer headers and their native WebSocket events from the header directives."""
+    names = {name for name, _ in directives}
+    meta: dict[str, str] = {}
+    for name, arg in directives:
+        if name in _HEADER_DIRECTIVES:
+            plan.headers.append((_HEADER_DIRECTIVES[name], arg))
+            if name != "models_etag":  # Codex reads x-models-etag over WebSocket only from the 101
+                meta[_HEADER_DIRECTIVES[name]] = arg
+        elif name == "reasoning_included":
+            plan.headers.append(("x-reasoning-included", "true"))  # over WebSocket: the 101 (--upgrade-header)
+    if meta:
+        plan.ws_events.append({"type": "response.metadata", "headers": meta})
+    # Quota state goes with every answer: over HTTP as headers (none: Codex reads an empty `codex` snapshot),
+    # natively as codex.rate_limits events (an empty one says the same).
+    if "quota" in names:
+        plan.headers.extend(QUOTA_HEADERS)
+    plan.ws_events.append(QUOTA_EVENT if "quota" in names else {"type": "codex.rate_limits"})
+    if "quota_other" in names:
+        plan.headers.extend(OTHER_QUOTA_HEADERS)
+        plan.ws_events.append(OTHER_QUOTA_EVENT)
+
+
 def plan_for(body: Any) -> Plan:
-    """Choose the behaviour for one request body: tool output echo, directives, `run echo` tool call, or text."""
+    """Choose the behaviour for one request body: tool output echo, compaction, directives, `run echo` tool call,
+    or text. Header directives of the last user message hold for every request of its turn."""
     plan = Plan()
     items = body.get("input") if isinstance(body, dict) else None
     if isinstance(items, str):  # the API's shorthand for one user message
         items = [user_message(items)]
     items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    user: dict[str, Any] = next((i for i in reversed(items) if i.get("role") == "user" and i.get("type", "message") == "message"), {})
+    raw = _text_of(user.get("content"), ("input_text",))
+    answer_headers(plan, DIRECTIVE.findall(raw))
     if items and items[-1].get("type") == "function_call_output":
         output = _text_of(items[-1].get("output"), ("input_text", "output_text"))
         lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
         plan.text = f"tool said: {lines[-1] if lines else ''}"
         plan.deltas = [plan.text]
         return plan
-    user: dict[str, Any] = next((i for i in reversed(items) if i.get("role") == "user" and i.get("type", "message") == "message"), {})
-    raw = _text_of(user.get("content"), ("input_text",))
+    if items and items[-1].get("type") == "compaction_trigger":
+        plan.compaction = True
+        plan.text = f"compacted {len(items) - 1} items: {DEFAULT_TEXT}"
+        return plan
     reply: str | None = None
     num: dict[str, float] = {}
     for name, arg in DIRECTIVE.findall(raw):
@@ -139,9 +192,13 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int) -> Events:
     yield ev("response.in_progress", response=resp("in_progress", []))
     if plan.sleep:
         yield plan.sleep
-    if plan.tool_call:
+    if plan.compaction:
+        item: dict[str, Any] = {"type": "compaction", "id": f"cmp_{secrets.token_hex(6)}", "encrypted_content": plan.text}
+        yield ev("response.output_item.added", output_index=0, item=item)
+        out_tokens = 1
+    elif plan.tool_call:
         fid, args = f"fc_{secrets.token_hex(6)}", json.dumps({"cmd": "echo hello-from-tool"})
-        item: dict[str, Any] = {"type": "function_call", "id": fid, "call_id": f"call_{secrets.token_hex(4)}",
+        item = {"type": "function_call", "id": fid, "call_id": f"call_{secrets.token_hex(4)}",
                                 "name": "exec_command", "arguments": args, "status": "completed"}
         yield ev("response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"})
         yield ev("response.function_call_arguments.delta", item_id=fid, output_index=0, delta=args)
@@ -180,8 +237,27 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int) -> Events:
     yield ev(f"response.{status}", response=resp(status, [item], **extra, usage=usage(out_tokens)))
 
 
+_COUNTED = frozenset({"text", "output", "arguments", "encrypted_content"})
+
+
+def input_tokens(items: Any) -> int:
+    """Usage the mock reports for a request: its texts and items, the same for the same conversation over HTTP
+    and over WebSocket, whatever ids and timestamps the client put around them."""
+    count, stack = 0, [items]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            count += 16
+            stack.extend(v for k, v in value.items() if k in _COUNTED or isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            count += len(value)
+    return count // 4
+
+
 def planned_error(error: int, rid: Headers) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-    """Status, JSON body and extra headers of an `[[error:CODE]]` answer."""
+    """Status, JSON body and extra headers of an `[[error:CODE]]` answer (`rid`: the request id and answer headers)."""
     code = error if 200 <= error <= 599 else 500
     etype, ecode = _ERRORS.get(code, ("server_error", "server_error"))
     extra = [*rid, ("retry-after", "1"), ("x-ratelimit-remaining-requests", "0")] if code == 429 else [*rid]
@@ -251,11 +327,13 @@ class MockUpstream:
     serve `response.create` frames like OpenAI's Responses WebSocket mode; /__mock/* inspects; optional TLS."""
 
     def __init__(self, log_requests: str | None = None, websocket: bool = False,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 upgrade_headers: Sequence[tuple[str, str]] = ()) -> None:
         self.requests: list[dict[str, Any]] = []
         self.upgrade_attempts: int = 0
         self.active_streams: int = 0
         self.websocket = websocket
+        self.upgrade_headers = list(upgrade_headers)  # on every 101 (what Codex reads only there: x-reasoning-included)
         self.ws_connections = self.ws_open = self.ws_pings_received = self.ws_pongs_received = 0
         self._counter = 0
         self._log_path = log_requests
@@ -405,7 +483,7 @@ class MockUpstream:
         self._record({"method": method, "path": target, "headers": headers, "json": parsed})
         self._counter += 1
         n, plan = self._counter, plan_for(parsed)
-        rid = [("x-request-id", f"req_mock_{n}")]
+        rid = [("x-request-id", f"req_mock_{n}"), *plan.headers]
         if plan.delay_headers:
             await asyncio.sleep(plan.delay_headers)
         if not isinstance(parsed, dict):
@@ -413,7 +491,7 @@ class MockUpstream:
                                     "the body must be a JSON object"), rid)
         if plan.error is not None:
             return await self._json(conn, writer, *planned_error(plan.error, rid))
-        events = events_for(plan, n, parsed.get("model") or "gpt-5.5", len(body) // 4)
+        events = events_for(plan, n, parsed.get("model") or "gpt-5.5", input_tokens(parsed.get("input")))
         self.active_streams += 1
         try:
             await self._stream(conn, writer, plan, events, rid)
@@ -442,7 +520,8 @@ class MockUpstream:
             status, extra = getattr(exc.event_hint, "status_code", 400), getattr(exc.event_hint, "headers", [])
             return await self._json(conn, writer, status, _err("invalid_request_error", "bad_websocket_handshake",
                                     str(exc)), [(n.decode(), v.decode()) for n, v in extra])
-        writer.write(handshake.send(AcceptConnection()))
+        extra = [(n.encode(), v.encode()) for n, v in self.upgrade_headers]
+        writer.write(handshake.send(AcceptConnection(extra_headers=extra)))
         assert handshake.connection is not None
         peer = _WsPeer(handshake.connection, writer, req.target.decode("latin-1"), _headers(req))
         self.ws_connections += 1
@@ -510,11 +589,14 @@ class MockUpstream:
             if plan.delay_headers:
                 await asyncio.sleep(plan.delay_headers)
             if plan.error is not None:
-                status, err, extra = planned_error(plan.error, [("x-request-id", f"req_mock_{n}")])
+                status, err, extra = planned_error(plan.error, [("x-request-id", f"req_mock_{n}"), *plan.headers])
                 return peer.frame({"type": "error", "status": status, **err, "headers": dict(extra)})
+            if is_codex_client((n, v) for n, v in peer.headers):  # Codex's events, for Codex only
+                for event in plan.ws_events:  # what the POST answer's headers say, as a native server sends it
+                    peer.frame(event)
             self.active_streams += 1
             try:
-                for ev in events_for(plan, n, body.get("model") or "gpt-5.5", len(json.dumps(body)) // 4):
+                for ev in events_for(plan, n, body.get("model") or "gpt-5.5", input_tokens(body["input"])):
                     if isinstance(ev, dict):
                         await peer.writer.drain()  # before, not after: a finished task means the response is done
                         peer.frame(ev)
@@ -549,8 +631,10 @@ def _err(etype: str, code: str, message: str) -> dict[str, Any]:
 
 
 async def _serve(host: str, port: int, log_requests: str | None, websocket: bool = False,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
-    mock = MockUpstream(log_requests=log_requests, websocket=websocket, tls_cert=tls_cert, tls_key=tls_key)
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 upgrade_headers: Sequence[tuple[str, str]] = ()) -> None:
+    mock = MockUpstream(log_requests=log_requests, websocket=websocket, tls_cert=tls_cert, tls_key=tls_key,
+                        upgrade_headers=upgrade_headers)
     bound = await mock.start(host, port)
     log.info("mock upstream listening on %s://%s:%d/v1%s", mock.scheme, host, bound,
              " (WebSocket mode on)" if websocket else "")
@@ -573,11 +657,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="accept WebSocket upgrades on …/responses (Responses API WebSocket mode)")
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS/WSS with this PEM certificate (chain)")
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    parser.add_argument("--upgrade-header", metavar="NAME:VALUE", action="append", default=[],
+                        help="with --websocket, a header for every 101 answer (repeatable), e.g. x-reasoning-included:true")
     args = parser.parse_args(argv)
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
+    upgrade_headers = [tuple(h.strip() for h in item.split(":", 1)) for item in args.upgrade_header]
+    if any(len(pair) != 2 or not pair[0] for pair in upgrade_headers):
+        parser.error("--upgrade-header takes NAME:VALUE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.log_requests, args.websocket, args.tls_cert, args.tls_key))
+    asyncio.run(_serve(args.host, args.port, args.log_requests, args.websocket, args.tls_cert, args.tls_key,
+                       [(name, value) for name, value in upgrade_headers]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""Codex cannot tell it is bridged: the same scripted session three ways, for every Codex version of the matrix.
+
+1. HTTP mode (`supports_websockets = false`) straight to the SSE-only demo upstream: the reference.
+2. WebSocket mode through the bridge (a real mitmdump) to the same upstream.
+3. WebSocket mode straight to the demo upstream speaking the WebSocket mode natively (`--websocket`): how Codex
+   behaves over its own WebSocket transport, to tell Codex's transport differences apart from ours.
+
+After normalising ids, times and paths (support.parity), the bridged session's rollout (Codex's own session log),
+its stdout/stderr and the POSTs the upstream received must equal the HTTP session's. The only differences
+allowed are the named EXCLUSIONS below, each one a difference Codex shows over a native WebSocket too (the test
+checks that the native session shows it); any other difference between native and HTTP fails the test too, so
+that a new Codex version's own transport differences get documented here before they are excluded.
+
+The versions are CODEXBRIDGE_CODEX_VERSIONS (`./scripts/test --codex "0.169.0 latest"`), else the pinned one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.mitmdump import Mitmdump, posts_through_proxy, start_mitmdump
+from support.parity import (
+    BRIDGED,
+    HTTP,
+    NATIVE,
+    CodexLeg,
+    CodexResult,
+    Exclusion,
+    Scenario,
+    codex_versions,
+    compare,
+    explain,
+    need_codex,
+    normalise_output,
+    normalise_requests,
+    normalise_rollout,
+    request_headers,
+    without,
+)
+from support.upstream import Upstream, start_upstream
+
+pytestmark = pytest.mark.codex
+
+# Differences Codex shows between its own transports (the native WebSocket session shows each of them too).
+EXCLUSIONS = {
+    "websocket-error-fallback": Exclusion(
+        "websocket-error-fallback",
+        "After an error frame it does not retry over WebSocket (a 429 here), Codex falls back to HTTP for the "
+        "rest of the session and says so on stderr; its fallback POST reaches the upstream as its own request.",
+        re.compile(r"^stderr: warning: Falling back from WebSockets to HTTPS transport"),
+    ),
+    "accept-encoding": Exclusion(
+        "accept-encoding",
+        "HTTP-mode Codex 0.171+ asks for compressed answers (accept-encoding: zstd,gzip); its WebSocket upgrade "
+        "carries no Accept-Encoding, so the bridge cannot know, and asks for none.",
+        re.compile(r"^header accept-encoding: "),
+    ),
+}
+
+
+def token_counts(result: CodexResult) -> list[dict[str, Any]]:
+    return [item["payload"] for item in result.rollout
+            if item.get("type") == "event_msg" and item["payload"].get("type") == "token_count"]
+
+
+def posts(result: CodexResult) -> list[dict[str, Any]]:
+    return [r for r in result.requests if r["method"] == "POST"]
+
+
+def header(record: dict[str, Any], name: str) -> str | None:
+    return next((value for key, value in request_headers(record) if key == name), None)
+
+
+def expect_quota(result: CodexResult) -> None:
+    limits = token_counts(result)[-1]["rate_limits"]
+    assert limits["primary"] == {"used_percent": 12.5, "window_minutes": 300, "resets_at": 1900000000}, limits
+    assert limits["secondary"]["used_percent"] == 40.0 and limits["credits"]["balance"] == "9.5", limits
+
+
+def expect_other_family(result: CodexResult) -> None:
+    limits = token_counts(result)[-1]["rate_limits"]  # Codex shows the last snapshot it read
+    assert limits["limit_id"] == "codex_other" and limits["primary"]["used_percent"] == 55.0, limits
+
+
+def expect_turn_state(result: CodexResult) -> None:
+    sent = [header(r, "x-codex-turn-state") for r in posts(result)]
+    assert sent == [None, "ts-abc", None, None], sent  # the turn's follow-up only; not the next turn's requests
+
+
+def expect_turn_metadata(result: CodexResult) -> None:
+    kinds, turns = [], []
+    for record in posts(result):
+        value = header(record, "x-codex-turn-metadata")
+        assert value == record["json"]["client_metadata"]["x-codex-turn-metadata"], "not this request's own"
+        meta = json.loads(value)
+        kinds.append(meta["request_kind"])
+        turns.append(meta["turn_id"])
+    assert kinds == ["turn"] * 3 and turns[0] == turns[1] != turns[2], (kinds, turns)
+
+
+def expect_reasoning(result: CodexResult) -> None:
+    assert token_counts(result)[-1]["info"]["last_usage_includes_reasoning"] is True
+
+
+def expect_compaction(result: CodexResult) -> None:
+    inputs = [r["json"]["input"] for r in posts(result)]
+    triggers = [i for i, items in enumerate(inputs) if items and items[-1].get("type") == "compaction_trigger"]
+    assert triggers, "Codex never asked for a compaction"
+    later = inputs[triggers[0] + 1]
+    assert any(item.get("type") == "compaction" for item in later), "the next turn does not continue from it"
+    assert any(item.get("type") == "compacted" for item in result.rollout)
+    assert result.stdout[-1].strip().endswith("hi from mock")
+
+
+def expect_stdout(text: str) -> Callable[[CodexResult], None]:
+    def check(result: CodexResult) -> None:
+        assert all(code == 0 for code in result.returncodes), result.stderr
+        assert text in result.stdout[-1], result.stdout
+
+    return check
+
+
+def expect_stderr(text: str, code: int = 0) -> Callable[[CodexResult], None]:
+    def check(result: CodexResult) -> None:
+        assert result.returncodes[-1] == code and text in result.stderr[-1], result.stderr[-1][-2000:]
+
+    return check
+
+
+@dataclass(frozen=True)
+class Case:
+    scenario: Scenario
+    expect: Callable[[CodexResult], None]
+
+
+CASES = [
+    Case(Scenario("text-turn", ("say hi",)), expect_stdout("hi from mock")),
+    Case(Scenario("tool-chain", ("run echo",)), expect_stdout("tool said: hello-from-tool")),
+    Case(Scenario("quota-headers", ("[[quota]] [[quota_other]] run echo",)),
+         lambda r: (expect_other_family(r), expect_stdout("tool said")(r))),
+    Case(Scenario("quota-codex-family", ("[[quota]] say hi",)), expect_quota),
+    Case(Scenario("turn-state", ("[[turn_state:ts-abc]] run echo", "run echo")), expect_turn_state),
+    Case(Scenario("model-reroute", ("[[model:gpt-5.4-mini]] say hi",)),
+         expect_stderr("model rerouted: gpt-5.5 -> gpt-5.4-mini")),
+    Case(Scenario("reasoning-included", ("[[reasoning_included]] say hi",),
+                  upgrade_headers=("x-reasoning-included:true",), prime_bridge=True), expect_reasoning),
+    Case(Scenario("turn-metadata", ("run echo", "[[reply:again]] say more")), expect_turn_metadata),
+    Case(Scenario("error-429-quota", ("[[error:429]] [[quota]] say hi",)),
+         expect_stderr("429 Too Many Requests", code=1)),
+    Case(Scenario("compaction", ("say hi", "[[reply:second answer]] say more", "third"),
+                  config="model_auto_compact_token_limit = 70", provider_name="OpenAI"), expect_compaction),
+]
+
+
+@pytest.fixture(scope="module")
+def native_upstream(module_tmp: Path) -> Iterator[Upstream]:
+    up = start_upstream(module_tmp, "--websocket")
+    yield up
+    up.stop()
+
+
+def run_native(case: Case, binary: Path, tmp: Path, shared: Upstream) -> tuple[CodexResult, Upstream | None]:
+    own = start_upstream(tmp, "--websocket", *(f"--upgrade-header={h}" for h in case.scenario.upgrade_headers)) \
+        if case.scenario.upgrade_headers else None
+    up = own or shared
+    try:
+        up.reset()
+        result = CodexLeg(binary, up.url + "/v1", True, tmp).run(case.scenario, up.requests)
+        assert up.stats()["ws_connections"] > 0, "Codex did not use the native WebSocket"
+        return result, own
+    finally:
+        if own is not None:
+            own.stop()
+
+
+def run_bridged(case: Case, binary: Path, tmp: Path, upstream: Upstream, bridge: Mitmdump,
+                reference: CodexResult, native: CodexResult) -> CodexResult:
+    """Through the bridge: a scenario that shows what the bridge learns from an upstream (prime_bridge) gets a
+    bridge of its own and runs twice; the second session is the one compared. Codex stays on the bridged
+    WebSocket, except where it falls back to HTTP over a native WebSocket too (as many POSTs of its own)."""
+    own = start_mitmdump(tmp, upstream.url) if case.scenario.prime_bridge else None
+    proxy = own or bridge
+    try:
+        leg = CodexLeg(binary, proxy.base_url, True, tmp)
+        if own is not None:
+            upstream.reset()
+            first_session_limit(reference, leg.run(case.scenario, upstream.requests))
+        upstream.reset()
+        posts_before = posts_through_proxy(proxy.log)
+        result = leg.run(case.scenario, upstream.requests)
+        assert upstream.stats()["upgrade_attempts"] == 0, "the upstream saw a WebSocket upgrade"
+        assert posts_through_proxy(proxy.log) - posts_before == len(posts(native)), \
+            "Codex did not stay on the bridged WebSocket"
+        return result
+    finally:
+        if own is not None:
+            own.stop()
+
+
+def first_session_limit(reference: CodexResult, first: CodexResult) -> None:
+    """The README's remaining limit: before the bridge heard an upstream's answer, its first 101 to that upstream
+    cannot say what Codex reads only there (x-reasoning-included), so the first session differs in that alone."""
+    pairs = compare(normalise_rollout(reference), normalise_rollout(first))
+    assert pairs and all("last_usage_includes_reasoning" in (a or "") + (b or "") for a, b in pairs), \
+        explain(pairs, HTTP, "first bridged session")
+
+
+@pytest.mark.parametrize("version", codex_versions())
+@pytest.mark.parametrize("case", CASES, ids=[c.scenario.name for c in CASES])
+def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_path: Path, upstream: Upstream,
+                                                  bridge: Mitmdump, native_upstream: Upstream) -> None:
+    binary = need_codex(version)
+    upstream.reset()
+    results = {HTTP: CodexLeg(binary, upstream.url + "/v1", False, tmp_path).run(case.scenario, upstream.requests)}
+    case.expect(results[HTTP])
+    results[NATIVE], _ = run_native(case, binary, tmp_path, native_upstream)
+    results[BRIDGED] = run_bridged(case, binary, tmp_path, upstream, bridge, results[HTTP], results[NATIVE])
+    case.expect(results[BRIDGED])
+
+    used: set[str] = set()
+    native_shows: set[str] = set()
+    failures = []
+    for what, normalise in (("rollout", normalise_rollout), ("output", normalise_output)):
+        reference = normalise(results[HTTP])
+        for leg in (BRIDGED, NATIVE):
+            lines = normalise(results[leg])
+            for exclusion in EXCLUSIONS.values():
+                if any(exclusion.pattern.search(line) for line in lines + reference):
+                    (used if leg == BRIDGED else native_shows).add(exclusion.name)
+            pairs = compare(without(reference, list(EXCLUSIONS.values())), without(lines, list(EXCLUSIONS.values())))
+            if pairs:
+                failures.append(f"{what}, {HTTP} vs {leg}:\n{explain(pairs, HTTP, leg)}")
+
+    # the POSTs: the bridge's must be HTTP mode's; after a fallback, Codex's own POSTs come on top, as natively
+    http_posts = normalise_requests(results[HTTP])
+    bridged_posts = normalise_requests(results[BRIDGED])
+    native_posts = normalise_requests(results[NATIVE])
+    if any(EXCLUSIONS["accept-encoding"].pattern.search(line) for line in http_posts + bridged_posts):
+        used.add("accept-encoding")
+        handshake = next((r for r in results[NATIVE].requests if r["method"] == "WS"), None)
+        if handshake is not None and header(handshake, "accept-encoding") is None:
+            native_shows.add("accept-encoding")
+    http_count = sum(line.startswith("--- POST") for line in http_posts)
+    cut = next((i for i, line in enumerate(bridged_posts) if line == f"--- POST {http_count} /v1/responses"),
+               len(bridged_posts))
+    extra = bridged_posts[cut:]
+    if extra:
+        used.add("websocket-error-fallback")
+        if native_posts:
+            native_shows.add("websocket-error-fallback")
+        renumbered = [re.sub(r"^--- POST \d+", "--- POST", line) for line in without(extra, list(EXCLUSIONS.values()))]
+        native_fallback = [re.sub(r"^--- POST \d+", "--- POST", line)
+                           for line in without(native_posts, list(EXCLUSIONS.values()))]
+        pairs = compare(native_fallback, renumbered)
+        if pairs:
+            failures.append(f"fallback POSTs, {NATIVE} vs {BRIDGED}:\n{explain(pairs, NATIVE, BRIDGED)}")
+    pairs = compare(without(http_posts, list(EXCLUSIONS.values())), without(bridged_posts[:cut], list(EXCLUSIONS.values())))
+    if pairs:
+        failures.append(f"upstream POSTs, {HTTP} vs {BRIDGED}:\n{explain(pairs, HTTP, BRIDGED)}")
+
+    unproven = used - native_shows
+    assert not unproven, f"exclusions used without the native WebSocket session showing them: {sorted(unproven)}"
+    assert not failures, f"Codex {version}, {case.scenario.name}:\n" + "\n\n".join(failures)
