@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from fakes import Bridge, completed_events, created_event, in_loop, message_item, turns, user
+from openai.types.responses.responses_server_event import ResponseWsIncomplete
 
 from codexbridge.bridge.upstream import UpstreamError, UpstreamTimeout
 from codexbridge.responses.conversation import ClientFrameError
@@ -175,18 +176,63 @@ async def test_a_failed_continuation_on_the_same_lane_evicts_its_parent_a_fork_d
 # -- steering ----------------------------------------------------------------------------------
 
 
+def item_added(item: dict[str, Any], index: int = 0, sequence: int = 1) -> dict[str, Any]:
+    return {"type": "response.output_item.added", "sequence_number": sequence, "output_index": index, "item": item}
+
+
+def item_done(item: dict[str, Any], index: int = 0, sequence: int = 3) -> dict[str, Any]:
+    return {"type": "response.output_item.done", "sequence_number": sequence, "output_index": index, "item": item}
+
+
 @in_loop
-async def test_accepted_steering_input_starts_a_successor_with_the_full_history() -> None:
+async def test_a_steer_between_output_items_ends_the_target_steered_at_once_and_starts_its_successor() -> None:
     b = Bridge()
     run = await b.started()
     b.steer("r1", "faster")
-    accepted = b.client.events[-1]
+    accepted, steered = b.client.events[-2:]
     assert accepted["type"] == "response.steer.accepted" and accepted["steer"]["previous_response_id"] == "r1"
     assert accepted["sequence_number"] == 1
-    run.events(*completed_events("r1", "ok")[1:])
-    await turns()
+    assert steered["type"] == "response.incomplete" and steered["sequence_number"] == 1
+    response = steered["response"]
+    assert response["id"] == "r1" and response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "steered"} and response["output"] == []
+    assert response["model"] == "gpt-test" and response["tools"] == []  # complete, the request's settings echoed
+    ResponseWsIncomplete.model_validate(steered, strict=True)
+    assert run.conn.closed, "the target's POST is abandoned at the commit point"
     assert len(b.upstream.exchanges) == 2
-    assert b.upstream.last.body["input"] == [user("task"), message_item("ok"), user("faster")]
+    assert b.upstream.last.body["input"] == [user("task"), user("faster")]
+    run.events(*completed_events("r1", "late")[1:])  # what the cut upstream still sends goes nowhere
+    b.upstream.last.complete("r2", "brief")
+    await turns()
+    assert b.client.types[-5:] == ["response.incomplete", "response.created", "response.output_text.delta",
+                                   "response.output_item.done", "response.completed"]
+    assert b.client.events[-4]["response"]["id"] == "r2"
+    assert not b.client.errors()
+    b.create("go on", previous_response_id="r1")  # the steered target can be continued too
+    assert b.upstream.last.body["input"] == [user("task"), user("go on")]
+
+
+@in_loop
+async def test_a_steer_during_an_output_item_commits_when_that_item_is_done() -> None:
+    b = Bridge(max_active=1)
+    message = {"id": "msg_1", **message_item("partial")}
+    run = await b.started()
+    run.events(item_added({**message, "content": []}),
+               {"type": "response.output_text.delta", "sequence_number": 2, "delta": "partial"})
+    b.steer("r1", "faster")
+    assert b.client.types[-1] == "response.steer.accepted" and len(b.upstream.exchanges) == 1
+    # the item's end, and what the upstream sent behind it in the same read: only the item's end goes out
+    run.events(item_done(message), item_added(message, 1, 4),
+               {"type": "response.completed", "sequence_number": 5, "response": {"id": "r1", "status": "completed"}})
+    await turns()
+    types = b.client.types
+    assert types[types.index("response.steer.accepted"):] == ["response.steer.accepted", "response.output_item.done",
+                                                               "response.incomplete"]
+    steered = b.client.events[-1]
+    assert steered["sequence_number"] == 4 and steered["response"]["output"] == [message]
+    assert steered["response"]["incomplete_details"] == {"reason": "steered"}
+    assert run.conn.closed and len(b.upstream.exchanges) == 2  # the active slot went to the successor
+    assert b.upstream.last.body["input"] == [user("task"), message, user("faster")]
 
 
 @in_loop
@@ -194,10 +240,12 @@ async def test_steering_input_for_a_response_waiting_on_a_tool_goes_before_the_c
     b = Bridge()
     call = {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"}
     run = await b.started()
+    run.events(item_added({**call, "arguments": ""}))
     b.steer("r1", "also")
-    run.events(*completed_events("r1", item=call)[1:])
+    run.events(*completed_events("r1", item=call)[1:])  # a client-owned call is never cut off: the target completes
     run.end()
     await turns()
+    assert "response.incomplete" not in b.client.types
     pending = b.client.events[-1]
     assert pending["type"] == "response.steer.pending"
     assert pending["required_input"] == [{"type": "function_call_output", "call_id": "c1", "name": "exec_command"}]
@@ -205,6 +253,20 @@ async def test_steering_input_for_a_response_waiting_on_a_tool_goes_before_the_c
     output = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
     b.frame({"type": "response.create", "model": "gpt-test", "previous_response_id": "r1", "input": [output]})
     assert b.upstream.last.body["input"] == [user("task"), call, user("also"), output]
+
+
+@in_loop
+async def test_a_steer_after_a_client_owned_call_waits_for_the_end_even_between_items() -> None:
+    b = Bridge()
+    call = {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"}
+    run = await b.started()
+    run.events(item_added(call), item_done(call, sequence=2))
+    b.steer("r1", "also")
+    assert b.client.types[-1] == "response.steer.accepted" and not run.conn.closed
+    run.events({"type": "response.completed", "sequence_number": 3,
+                "response": {"id": "r1", "status": "completed", "output": [call]}})
+    await turns()
+    assert b.client.types[-2:] == ["response.completed", "response.steer.pending"]
 
 
 @pytest.mark.parametrize(("target", "code"), [("nope", "response_not_found"), ("r1", "response_already_completed")])
@@ -224,6 +286,7 @@ async def test_steering_a_response_that_is_not_running_fails(target: str, code: 
 async def test_steering_input_fails_when_its_response_does_not_complete() -> None:
     b = Bridge()
     run = await b.started()
+    run.events(item_added(message_item("x")))
     b.steer("r1")
     run.fail(UpstreamError("reset by peer"))
     await turns()

@@ -24,8 +24,8 @@ from codexbridge.bridge.upstream import (
 from codexbridge.responses.conversation import PreparedRequest, ResponseTracker
 from codexbridge.responses.events import dumps
 from codexbridge.responses.headers import error_headers
-from codexbridge.responses.steering import Steer, stream_prefix, tag
-from codexbridge.responses.synthetic import error_frame
+from codexbridge.responses.steering import Steer, client_owned, stream_prefix, tag
+from codexbridge.responses.synthetic import error_frame, incomplete
 from codexbridge.wire.http1 import ResponseHead
 from codexbridge.wire.sse import SseDecoder
 
@@ -36,14 +36,19 @@ log = logging.getLogger("codexbridge.bridge.session")
 
 # Events whose content the bridge must read; every other event is forwarded without parsing.
 _NEEDS_PARSE = re.compile(
-    rb"response\.(?:output_item\.done|completed|failed|incomplete|cancelled|created)|\"error\""
+    rb"response\.(?:output_item\.(?:done|added)|completed|failed|incomplete|cancelled|created|in_progress)|\"error\""
 )
+_ITEM_DONE = b'"response.output_item.done"'
 _MAX_ERROR_BODY = 64 * 1024
 
 
 class UpstreamInvalidText(UpstreamError):
     """An upstream event that is not UTF-8: a WebSocket text frame must be (RFC 6455 8.1), and over HTTP Codex
     fails the stream on it too, so the response ends with an error frame instead."""
+
+
+class Steered(UpstreamError):
+    """The response was cut at a commit point of accepted steering input: its POST is abandoned."""
 
 
 class Downstream:
@@ -75,6 +80,10 @@ class ResponseRun:
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)
         self.steers: list[Steer] = []  # accepted steering input, committed by a successor
+        self.steered = False  # ended here, `incomplete` with reason "steered", at a commit point of self.steers
+        self.created: dict[str, Any] | None = None  # the upstream's response object from response.created
+        self.open_items = 0  # output items added and not yet done
+        self._waits_for_client = False  # an output item of this read is a client-owned call
         self.failed_status: int | None = None  # status of the error frame this response ended with
         self.error_frame: bytes | None = None  # that error frame (for the metrics)
         self.upstream_status: int | None = None  # the upstream's answer, once its response head is in
@@ -95,6 +104,7 @@ class ResponseRun:
         self._exchange: Exchange | None = None
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
+        self._stream: asyncio.Future[None] | None = None  # the end of the body, while it streams
         self._utf8 = codecs.getincrementaldecoder("utf-8")()  # validates reads that are not ASCII
         self._utf8_carry = False  # it holds the start of a character split between two reads
         self._unchecked = False  # the SSE decoder holds bytes of a read that failed that check: events are checked
@@ -166,8 +176,11 @@ class ResponseRun:
             elif not streaming:
                 await self.error(error_frame(
                     502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream."))
-            else:
-                await response.stream(self._on_body)
+            elif not self.steered:  # (it may have been cut before this task woke up)
+                self._stream = response.stream(self._on_body)
+                await self._stream
+        except Steered:
+            failure = "steered"
         except UpstreamTimeout:
             failure = "timeout mid-stream"
             if self.tracker.terminal is None:  # after the terminal event the client has its answer
@@ -184,8 +197,11 @@ class ResponseRun:
             failure = "cancelled"
             raise
         finally:
+            self._stream = None
             if self._draining is not None:
                 self._draining.cancel()
+            if self.steered:
+                failure = "steered"
             response.release()
             self._record_end(failure)
         if failure is None and streaming and self.tracker.terminal is None:
@@ -208,6 +224,8 @@ class ResponseRun:
 
     def _on_body(self, chunk: bytes) -> None:
         """Called for each network read of the event stream, from the upstream connection's callback."""
+        if self.steered:  # cut: what the upstream still sends goes nowhere
+            return
         rec = self._recorder
         if rec is not None:
             assert self._conn is not None
@@ -224,7 +242,11 @@ class ResponseRun:
         verbatim = prefix is None  # every event goes out as the upstream sent it
         checked = ((chunk.isascii() and not self._utf8_carry) or self._valid_utf8(chunk)) and not self._unchecked
         invalid: UpstreamInvalidText | None = None
+        boundary = False  # a commit point of accepted steering input: the events after it are not sent
         for name, data in self._decoder.feed(chunk):
+            if boundary:
+                verbatim = False
+                break
             if not checked and not data.isascii():
                 invalid = _invalid_utf8(name, data)
                 if invalid is not None:
@@ -242,6 +264,8 @@ class ResponseRun:
                 parse.append(data)
             elif needs_parse(data):
                 parse.append(data)
+                if self.steers and _ITEM_DONE in data:
+                    boundary = self._commit_point(data)
             batch.append(data if prefix is None else tag(data, prefix))
         self._unchecked = not checked and self._decoder.pending
         if rec is not None and verbatim and batch:
@@ -252,17 +276,70 @@ class ResponseRun:
         terminal = tracker.terminal
         for data in parse:
             try:
-                tracker.observe(json.loads(data), len(data))
+                event = json.loads(data)
             except ValueError:
-                pass
+                continue
+            tracker.observe(event, len(data))
+            self._observe(event)
         if terminal is None and tracker.terminal is not None:
             self._on_settle(self)  # right after the terminal event went out
+        elif boundary and tracker.terminal is None:
+            self.cut()
         if invalid is not None:
             raise invalid  # the connection fails with it: its task ends the response with an error frame
         if sent and self._draining is None and self._down.congested():
             assert self._conn is not None
             self._conn.pause()
             self._draining = asyncio.get_running_loop().create_task(self._resume_when_drained(self._conn))
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        """What steering needs beyond the history: the open output items and the upstream's response object."""
+        kind = event.get("type")
+        if kind == "response.output_item.added":
+            self.open_items += 1
+        elif kind == "response.output_item.done":
+            self.open_items = max(0, self.open_items - 1)
+        elif kind == "response.created" and self.created is None and isinstance(event.get("response"), dict):
+            self.created = event["response"]
+
+    def _commit_point(self, item_done: bytes) -> bool:
+        """Whether accepted steering input commits right after this output_item.done: the last open item ended
+        and no output waits for the client (a response with a client-owned tool call runs to its end)."""
+        try:
+            event = json.loads(item_done)
+        except ValueError:
+            return False
+        item = event.get("item") if event.get("type") == "response.output_item.done" else None
+        if not isinstance(item, dict):
+            return False
+        if client_owned(item):
+            self._waits_for_client = True
+        return (self.open_items <= 1 and not self._waits_for_client
+                and not any(client_owned(i) for i in self.tracker.output_items))
+
+    def can_cut(self) -> bool:
+        """At a safe output boundary now: no output item streaming, no output waiting for the client."""
+        return (not self.steered and self.tracker.terminal is None and self.tracker.response_id is not None
+                and self.open_items == 0 and not any(client_owned(i) for i in self.tracker.output_items))
+
+    def cut(self) -> None:
+        """Ends the response here for its accepted steering input: `response.incomplete` (reason "steered") with
+        the output so far, then it settles (the session starts the successor) and its POST is abandoned."""
+        tracker = self.tracker
+        self.steered = True
+        tracker.terminal = "response.incomplete"
+        assert tracker.response_id is not None
+        created = self.created or {}
+        frame = incomplete(self.prepared.body, tracker.response_id, tracker.output_items,
+                           tracker.last_sequence + 1, "steered", base=created,
+                           previous_response_id=self.prepared.previous_response_id)
+        self._down.emit(self.tagged([frame]), True)
+        self._on_settle(self)
+        if self._conn is not None:
+            self._conn.close()
+        stream = self._stream
+        if stream is not None and not stream.done():
+            stream.set_exception(Steered("cut at a commit point of steering input"))
 
     def _valid_utf8(self, chunk: bytes) -> bool:
         """A read that is not plain ASCII, validated as a whole (a character may be split between two reads); when

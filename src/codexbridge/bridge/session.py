@@ -131,7 +131,10 @@ class BridgeSession:
         if kind == "response.create":
             self._create(frame, len(text))
         elif kind == "response.steer":
-            self._emit([self._steer(frame)], True)
+            answer, run = self._steer(frame)
+            self._emit([answer], True)
+            if run is not None and run.can_cut():  # between output items: the commit point is now
+                run.cut()
         else:
             log.debug("ignoring client event %r", kind)
 
@@ -291,7 +294,7 @@ class BridgeSession:
             lane.active = None
         tracker = run.tracker
         parent = run.prepared.previous_response_id
-        if tracker.terminal == "response.completed" and tracker.response_id:
+        if (tracker.terminal == "response.completed" or run.steered) and tracker.response_id:
             nbytes = run.prepared.history_bytes + tracker.output_bytes
             self.conversation.remember(tracker.response_id, tracker.history, nbytes, lane.stream_id)
         elif parent and run.failed_status and self.conversation.lane_of(parent) == lane.stream_id:
@@ -303,44 +306,45 @@ class BridgeSession:
 
     # -- response.steer ---------------------------------------------------------------------
 
-    def _steer(self, frame: dict[str, Any]) -> bytes:
-        """The answer to a response.steer: accepted (held for the running response), or failed."""
+    def _steer(self, frame: dict[str, Any]) -> tuple[bytes, ResponseRun | None]:
+        """The answer to a response.steer: accepted (held for the running response, returned too), or failed."""
         raw_target = frame.get("previous_response_id")
         target = raw_target if isinstance(raw_target, str) else ""
         try:
             target, items = steering.steer_input(frame)
         except SteerError as e:
-            return steering.failed(e.code, e.message, target, frame.get("input"), 0)
+            return steering.failed(e.code, e.message, target, frame.get("input"), 0), None
         run = next((r for r in self.runs if r.response_id == target and r.tracker.terminal is None), None)
         if run is None:
             code, why = (("response_already_completed", "The response completed and no longer accepts steering input.")
                          if target in self.conversation else
                          ("response_not_found", f"No active response '{target}' on this connection."))
-            return steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target))
+            return steering.failed(code, why, target, frame.get("input"), 0, lane=self.conversation.lane_of(target)), None
         if len(run.steers) >= 16:
             return steering.failed("too_many_pending_steers", "Too much steering input is pending for the response.",
-                                   target, frame.get("input"), 0, lane=run.lane)
+                                   target, frame.get("input"), 0, lane=run.lane), None
         self._steer_ids += 1
         steer = Steer(f"steer_cb_{self._steer_ids}", target, items, run.lane, frame.get("input"))
         run.steers.append(steer)
         log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
-        return steering.accepted(steer, run.tracker.last_sequence + 1)
+        return steering.accepted(steer, run.tracker.last_sequence + 1), run
 
     def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
         tracker = run.tracker
         seq = tracker.last_sequence + 1
-        if tracker.terminal != "response.completed" or not tracker.response_id:
+        if (tracker.terminal != "response.completed" and not run.steered) or not tracker.response_id:
             self._emit([steering.failed("response_not_active", "The steered response did not complete.",
                                         s.target, s.raw_input, seq, s.id, s.lane) for s in run.steers], True)
             return
-        stubs = steering.required_input(tracker.output_items)
+        stubs = [] if run.steered else steering.required_input(tracker.output_items)
         if stubs:
             # the response waits for client-owned results: the input waits for the client's continuation
             held = self.pending_steers.setdefault(tracker.response_id, PendingSteers(tracker.response_id, lane.stream_id))
             held.steers.extend(run.steers)
             self._emit([steering.pending(s, stubs, seq) for s in run.steers], True)
             return
-        # an automatic successor: the same settings, the full history, the queued input in order
+        # an automatic successor (after the target completed, or was cut short at the commit point): the same
+        # settings, the full history with the target's output so far, the queued input in order
         body = {k: v for k, v in run.prepared.body.items()}
         full = tracker.history + [item for s in run.steers for item in s.input]
         body["input"] = full

@@ -77,6 +77,11 @@ def steer_input(frame: dict[str, Any]) -> tuple[str, list[Any]]:
     return target, value
 
 
+def client_owned(item: Any) -> bool:
+    """An output item the response waits on the client for (a tool call, an approval request)."""
+    return isinstance(item, dict) and (item.get("type") in _CLIENT_OWNED or item.get("type") == "mcp_approval_request")
+
+
 def required_input(output_items: list[Any]) -> list[dict[str, Any]]:
     """Stubs for the client-owned results a finished response waits for."""
     stubs: list[dict[str, Any]] = []

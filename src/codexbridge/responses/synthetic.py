@@ -108,11 +108,20 @@ def synthetic_prewarm(body: dict[str, Any], response_id: str, previous_response_
     return [dumps(created), dumps(completed)]
 
 
+# What a response's end says for itself; everything else it says as its response.created did.
+_END_FIELDS = frozenset({"id", "status", "error", "incomplete_details", "output", "usage", "previous_response_id",
+                         "completed_at", "output_text"})
+
+
 def incomplete(body: dict[str, Any], response_id: str, output: list[Any], sequence: int, reason: str, *,
-               created_at: int | None = None, previous_response_id: str | None = None) -> bytes:
+               created_at: int | None = None, previous_response_id: str | None = None,
+               base: dict[str, Any] | None = None) -> bytes:
     """response.incomplete for a response the proxy ends itself (a steered one: reason "steered"), with the
-    output it produced so far."""
+    output it produced so far; `base`, the upstream's response object from its response.created, wins over
+    the request's settings for every field it has (its model, created_at, the settings it applied)."""
     response = response_object(body, response_id, "incomplete", created_at=created_at, output=output,
                                previous_response_id=previous_response_id, usage=usage(),
                                incomplete_reason=reason)
+    if base:
+        response.update({k: v for k, v in base.items() if k not in _END_FIELDS})
     return dumps({"type": "response.incomplete", "sequence_number": sequence, "response": response})

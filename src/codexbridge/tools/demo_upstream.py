@@ -29,6 +29,8 @@ from wsproto.utilities import RemoteProtocolError as WsHandshakeError
 from codexbridge.responses.conversation import WS_ONLY_KEYS
 from codexbridge.responses.events import user_message
 from codexbridge.responses.metadata import is_codex_client
+from codexbridge.responses.synthetic import response_object
+from codexbridge.responses.synthetic import usage as api_usage
 
 log = logging.getLogger("codexbridge.tools.demo_upstream")
 
@@ -166,21 +168,21 @@ def plan_for(body: Any) -> Plan:
     return plan
 
 
-def events_for(plan: Plan, n: int, model: str, in_tokens: int) -> Events:
+def events_for(plan: Plan, n: int, model: str, in_tokens: int, body: dict[str, Any] | None = None) -> Events:
     """Transport-neutral events of response n: event objects in order, a float is a pause in seconds, and
-    None means "cut the stream here" (a truncating plan, after the first delta, with no terminal event)."""
+    None means "cut the stream here" (a truncating plan, after the first delta, with no terminal event).
+    Every event is complete as the API's own (the request's settings in `body` echoed)."""
     created, seq = int(time.time()), itertools.count()
+    settings = {**(body or {}), "model": model}
 
     def ev(type_: str, **fields: Any) -> dict[str, Any]:
         return {"type": type_, "sequence_number": next(seq), **fields}
 
     def resp(status: str, output: list[Any], **extra: Any) -> dict[str, Any]:
-        return {"id": f"resp_mock_{n}", "object": "response", "created_at": created, "status": status,
-                "model": model, "output": output, **extra}
+        return {**response_object(settings, f"resp_mock_{n}", status, created_at=created, output=output), **extra}
 
     def usage(out_tokens: int) -> dict[str, Any]:
-        return {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": in_tokens + out_tokens}
+        return api_usage(in_tokens, out_tokens)
 
     yield ev("response.created", response=resp("in_progress", []))
     if not plan.generate:
@@ -202,6 +204,8 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int) -> Events:
                                 "name": "exec_command", "arguments": args, "status": "completed"}
         yield ev("response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"})
         yield ev("response.function_call_arguments.delta", item_id=fid, output_index=0, delta=args)
+        if plan.pace:  # the call stays open that long
+            yield plan.pace
         if plan.truncate:
             yield None
             return
@@ -217,12 +221,12 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int) -> Events:
         for i, delta in enumerate(plan.deltas):
             if i and plan.pace:
                 yield plan.pace
-            yield ev("response.output_text.delta", **where, delta=delta)
+            yield ev("response.output_text.delta", **where, delta=delta, logprobs=[])
             if plan.truncate:
                 yield None
                 return
         part = {**part, "text": plan.text}
-        yield ev("response.output_text.done", **where, text=plan.text)
+        yield ev("response.output_text.done", **where, text=plan.text, logprobs=[])
         yield ev("response.content_part.done", **where, part=part)
         item = {**item, "status": "completed", "content": [part]}
         out_tokens = len(plan.deltas)
@@ -491,7 +495,7 @@ class MockUpstream:
                                     "the body must be a JSON object"), rid)
         if plan.error is not None:
             return await self._json(conn, writer, *planned_error(plan.error, rid))
-        events = events_for(plan, n, parsed.get("model") or "gpt-5.5", input_tokens(parsed.get("input")))
+        events = events_for(plan, n, parsed.get("model") or "gpt-5.5", input_tokens(parsed.get("input")), parsed)
         self.active_streams += 1
         try:
             await self._stream(conn, writer, plan, events, rid)
@@ -596,7 +600,7 @@ class MockUpstream:
                     peer.frame(event)
             self.active_streams += 1
             try:
-                for ev in events_for(plan, n, body.get("model") or "gpt-5.5", input_tokens(body["input"])):
+                for ev in events_for(plan, n, body.get("model") or "gpt-5.5", input_tokens(body["input"]), body):
                     if isinstance(ev, dict):
                         await peer.writer.drain()  # before, not after: a finished task means the response is done
                         peer.frame(ev)
