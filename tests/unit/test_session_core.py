@@ -295,6 +295,46 @@ async def test_steering_input_fails_when_its_response_does_not_complete() -> Non
     assert len(b.upstream.exchanges) == 1
 
 
+@in_loop
+async def test_codex_interrupt_ends_the_response_at_once_without_its_streaming_item() -> None:
+    b = Bridge()
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": []}
+    run = await b.started()
+    run.events(item_added(reasoning), item_done(reasoning, sequence=2), item_added(message_item("partial"), 1, 3),
+               {"type": "response.output_text.delta", "sequence_number": 4, "delta": "partial"})
+    b.frame({"type": "response.interrupt", "response_id": "r1", "mode": "discard_partial_items"})
+    ended = b.client.events[-1]
+    assert ended["type"] == "response.incomplete" and ended["sequence_number"] == 5
+    assert ended["response"]["incomplete_details"] == {"reason": "interrupted"}
+    assert ended["response"]["output"] == [reasoning], "the message still streaming is discarded"
+    # complete as the SDK's class wants it, but for the reason: Codex's own ("Responses Lite"), not in the SDK's set
+    ResponseWsIncomplete.model_validate({**ended, "response": {**ended["response"], "incomplete_details": None}},
+                                        strict=True)
+    assert run.conn.closed and len(b.upstream.exchanges) == 1  # no successor: Codex continues itself
+    run.events({"type": "response.completed", "sequence_number": 9, "response": {"id": "r1"}})
+    await turns()
+    assert b.client.types[-1] == "response.incomplete"
+    b.create("steered", previous_response_id="r1")
+    assert not b.client.errors()
+    assert b.upstream.last.body["input"] == [user("task"), reasoning, user("steered")]
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "response.interrupt", "response_id": "nope", "mode": "discard_partial_items"},
+    {"type": "response.interrupt", "response_id": "r1", "mode": "keep_partial_items"},
+])
+@in_loop
+async def test_an_interrupt_the_bridge_cannot_apply_is_dropped(frame: dict[str, Any]) -> None:
+    b = Bridge()
+    run = await b.started()
+    sent = len(b.client.sent)
+    b.frame(frame)
+    assert len(b.client.sent) == sent and not run.conn.closed  # an error event would end Codex's turn
+    run.events(*completed_events("r1")[1:])
+    await turns()
+    assert b.client.types[-1] == "response.completed"
+
+
 # -- the client leaves -------------------------------------------------------------------------
 
 

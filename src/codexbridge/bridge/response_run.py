@@ -39,6 +39,7 @@ _NEEDS_PARSE = re.compile(
     rb"response\.(?:output_item\.(?:done|added)|completed|failed|incomplete|cancelled|created|in_progress)|\"error\""
 )
 _ITEM_DONE = b'"response.output_item.done"'
+_SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -48,7 +49,7 @@ class UpstreamInvalidText(UpstreamError):
 
 
 class Steered(UpstreamError):
-    """The response was cut at a commit point of accepted steering input: its POST is abandoned."""
+    """The response was cut short (steered or interrupted): its POST is abandoned."""
 
 
 class Downstream:
@@ -80,7 +81,7 @@ class ResponseRun:
         self.lane = lane
         self.tracker = ResponseTracker(prepared.full_input)
         self.steers: list[Steer] = []  # accepted steering input, committed by a successor
-        self.steered = False  # ended here, `incomplete` with reason "steered", at a commit point of self.steers
+        self.cut_reason: str | None = None  # ended here, `incomplete`: "steered" (self.steers) or "interrupted"
         self.created: dict[str, Any] | None = None  # the upstream's response object from response.created
         self.open_items = 0  # output items added and not yet done
         self._waits_for_client = False  # an output item of this read is a client-owned call
@@ -105,6 +106,7 @@ class ResponseRun:
         self._begin_error: Exception | None = None
         self._draining: asyncio.Task[None] | None = None
         self._stream: asyncio.Future[None] | None = None  # the end of the body, while it streams
+        self._last_event = b""  # the last event relayed (its sequence number is read only when the run is cut)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()  # validates reads that are not ASCII
         self._utf8_carry = False  # it holds the start of a character split between two reads
         self._unchecked = False  # the SSE decoder holds bytes of a read that failed that check: events are checked
@@ -112,6 +114,11 @@ class ResponseRun:
     @property
     def response_id(self) -> str | None:
         return self.tracker.response_id
+
+    @property
+    def steered(self) -> bool:
+        """Ended here for its steering input (its successor commits it)."""
+        return self.cut_reason == "steered"
 
     def tagged(self, frames: list[bytes]) -> list[bytes]:
         prefix = self._prefix
@@ -176,11 +183,11 @@ class ResponseRun:
             elif not streaming:
                 await self.error(error_frame(
                     502, "upstream_not_streaming", f"Upstream answered {ctype or 'no content type'}, not an event stream."))
-            elif not self.steered:  # (it may have been cut before this task woke up)
+            elif self.cut_reason is None:  # (it may have been cut before this task woke up)
                 self._stream = response.stream(self._on_body)
                 await self._stream
         except Steered:
-            failure = "steered"
+            failure = self.cut_reason
         except UpstreamTimeout:
             failure = "timeout mid-stream"
             if self.tracker.terminal is None:  # after the terminal event the client has its answer
@@ -200,8 +207,8 @@ class ResponseRun:
             self._stream = None
             if self._draining is not None:
                 self._draining.cancel()
-            if self.steered:
-                failure = "steered"
+            if self.cut_reason is not None:
+                failure = self.cut_reason
             response.release()
             self._record_end(failure)
         if failure is None and streaming and self.tracker.terminal is None:
@@ -224,7 +231,7 @@ class ResponseRun:
 
     def _on_body(self, chunk: bytes) -> None:
         """Called for each network read of the event stream, from the upstream connection's callback."""
-        if self.steered:  # cut: what the upstream still sends goes nowhere
+        if self.cut_reason is not None:  # cut: what the upstream still sends goes nowhere
             return
         rec = self._recorder
         if rec is not None:
@@ -270,6 +277,8 @@ class ResponseRun:
         self._unchecked = not checked and self._decoder.pending
         if rec is not None and verbatim and batch:
             rec.relayed_next()
+        if batch:
+            self._last_event = batch[-1]
         sent = bool(batch) and self._down.emit(batch, False)
         if sent and self.first_event_at is None:
             self.first_event_at = time.monotonic()
@@ -319,19 +328,22 @@ class ResponseRun:
 
     def can_cut(self) -> bool:
         """At a safe output boundary now: no output item streaming, no output waiting for the client."""
-        return (not self.steered and self.tracker.terminal is None and self.tracker.response_id is not None
+        return (self.cut_reason is None and self.tracker.terminal is None and self.tracker.response_id is not None
                 and self.open_items == 0 and not any(client_owned(i) for i in self.tracker.output_items))
 
-    def cut(self) -> None:
-        """Ends the response here for its accepted steering input: `response.incomplete` (reason "steered") with
-        the output so far, then it settles (the session starts the successor) and its POST is abandoned."""
+    def cut(self, reason: str = "steered") -> None:
+        """Ends the response here, as the server does for accepted steering input ("steered") or a client's
+        response.interrupt ("interrupted"): `response.incomplete` with that reason and the output items done so
+        far (an item still streaming is discarded), then it settles (the session starts a steered one's successor)
+        and its POST is abandoned."""
         tracker = self.tracker
-        self.steered = True
+        self.cut_reason = reason
         tracker.terminal = "response.incomplete"
         assert tracker.response_id is not None
         created = self.created or {}
-        frame = incomplete(self.prepared.body, tracker.response_id, tracker.output_items,
-                           tracker.last_sequence + 1, "steered", base=created,
+        last = _SEQUENCE.search(self._last_event)
+        sequence = max(tracker.last_sequence, int(last.group(1)) if last else 0) + 1
+        frame = incomplete(self.prepared.body, tracker.response_id, tracker.output_items, sequence, reason, base=created,
                            previous_response_id=self.prepared.previous_response_id)
         self._down.emit(self.tagged([frame]), True)
         self._on_settle(self)
@@ -339,7 +351,7 @@ class ResponseRun:
             self._conn.close()
         stream = self._stream
         if stream is not None and not stream.done():
-            stream.set_exception(Steered("cut at a commit point of steering input"))
+            stream.set_exception(Steered(f"cut: {reason}"))
 
     def _valid_utf8(self, chunk: bytes) -> bool:
         """A read that is not plain ASCII, validated as a whole (a character may be split between two reads); when

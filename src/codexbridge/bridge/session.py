@@ -135,6 +135,8 @@ class BridgeSession:
             self._emit([answer], True)
             if run is not None and run.can_cut():  # between output items: the commit point is now
                 run.cut()
+        elif kind == "response.interrupt":
+            self._interrupt(frame)
         else:
             log.debug("ignoring client event %r", kind)
 
@@ -294,7 +296,7 @@ class BridgeSession:
             lane.active = None
         tracker = run.tracker
         parent = run.prepared.previous_response_id
-        if (tracker.terminal == "response.completed" or run.steered) and tracker.response_id:
+        if (tracker.terminal == "response.completed" or run.cut_reason is not None) and tracker.response_id:
             nbytes = run.prepared.history_bytes + tracker.output_bytes
             self.conversation.remember(tracker.response_id, tracker.history, nbytes, lane.stream_id)
         elif parent and run.failed_status and self.conversation.lane_of(parent) == lane.stream_id:
@@ -328,6 +330,19 @@ class BridgeSession:
         run.steers.append(steer)
         log.debug("stage=steer_accepted id=%s target=%s", steer.id, target)
         return steering.accepted(steer, run.tracker.last_sequence + 1), run
+
+    def _interrupt(self, frame: dict[str, Any]) -> None:
+        """Codex's response.interrupt (sent when its user steers a turn of a "Responses Lite" model): the response
+        ends at once, `incomplete` with reason "interrupted" and its finished output items, and Codex continues
+        from it. One the bridge cannot apply (not running here, another mode) is dropped, as the server answers
+        it only with a non-terminal event, while an error event would end Codex's turn."""
+        target = frame.get("response_id")
+        run = next((r for r in self.runs if r.response_id == target and r.tracker.terminal is None), None)
+        if run is None or frame.get("mode") != "discard_partial_items":
+            log.debug("stage=interrupt_ignored response_id=%r mode=%r", target, frame.get("mode"))
+            return
+        log.debug("stage=interrupt response_id=%s", target)
+        run.cut("interrupted")
 
     def _settle_steers(self, run: ResponseRun, lane: Lane) -> None:
         tracker = run.tracker
