@@ -11,7 +11,8 @@ allowed are the named EXCLUSIONS below, each one a difference Codex shows over a
 checks that the native session shows it); any other difference between native and HTTP fails the test too, so
 that a new Codex version's own transport differences get documented here before they are excluded.
 
-The versions are CODEXBRIDGE_CODEX_VERSIONS (`./scripts/test --codex "0.169.0 latest"`), else the pinned one.
+The versions are CODEXBRIDGE_CODEX_VERSIONS (`./scripts/test --codex "pinned latest oldest"`), else the pinned one;
+each test id names the exact version it ran (`latest=0.171.0`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from support.codex import codex_versions
 from support.mitmdump import Mitmdump, posts_through_proxy, start_mitmdump
 from support.parity import (
     BRIDGED,
@@ -34,7 +36,6 @@ from support.parity import (
     CodexResult,
     Exclusion,
     Scenario,
-    codex_versions,
     compare,
     explain,
     need_codex,
@@ -42,6 +43,7 @@ from support.parity import (
     normalise_requests,
     normalise_rollout,
     request_headers,
+    version_label,
     without,
 )
 from support.upstream import Upstream, start_upstream
@@ -212,7 +214,8 @@ def first_session_limit(reference: CodexResult, first: CodexResult) -> None:
         explain(pairs, HTTP, "first bridged session")
 
 
-@pytest.mark.parametrize("version", codex_versions())
+# the test id carries the exact version each entry runs (`latest=0.171.0`), so the report says which one ran
+@pytest.mark.parametrize("version", [pytest.param(v, id=version_label(v)) for v in codex_versions()])
 @pytest.mark.parametrize("case", CASES, ids=[c.scenario.name for c in CASES])
 def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_path: Path, upstream: Upstream,
                                                   bridge: Mitmdump, native_upstream: Upstream) -> None:
@@ -267,4 +270,4 @@ def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_p
 
     unproven = used - native_shows
     assert not unproven, f"exclusions used without the native WebSocket session showing them: {sorted(unproven)}"
-    assert not failures, f"Codex {version}, {case.scenario.name}:\n" + "\n\n".join(failures)
+    assert not failures, f"Codex {version_label(version)}, {case.scenario.name}:\n" + "\n\n".join(failures)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,65 @@ from support import ROOT, need
 from support.mitmdump import start_mitmdump
 from support.upstream import start_upstream
 
+# The Codex versions scripts/setup.sh pins (keep in step with it): the one the suite runs by default, and the oldest
+# the whole parity test passes on. Codex uses the WebSocket mode for `supports_websockets = true` since 0.116.0
+# (0.93.0-0.115.0 only with the under-development `features.responses_websockets`), but before 0.166.0 it lacks
+# what some scenarios check (README, Fidelity).
+PINNED = "0.169.0"
+OLDEST = "0.166.0"
+# `[agents] enabled = false` (no multi-agent tools in the requests): older versions read `[agents]` as agent roles and
+# refuse to start on it (0.144.0 does, 0.145.0 takes it).
+_AGENTS_ENABLED_SINCE = (0, 145, 0)
+
+
+def codex_versions() -> list[str]:
+    """The Codex versions the tests run: CODEXBRIDGE_CODEX_VERSIONS (scripts/test --codex), else the pinned one."""
+    return os.environ.get("CODEXBRIDGE_CODEX_VERSIONS", "").replace(",", " ").split() or [PINNED]
+
+
+def codex_binary_for(version: str) -> Path | None:
+    """Where scripts/setup.sh installs a version: the pinned one in .tools/codex, any other in .tools/codex-VERSION
+    ("latest" is the newest on npm, resolved at install time and recorded in .tools/codex-latest/VERSION;
+    "pinned" and "oldest" name the pinned numbers)."""
+    version = {"pinned": PINNED, "oldest": OLDEST}.get(version, version)
+    folder = ROOT / ".tools" / ("codex" if version == PINNED else f"codex-{version}")
+    binary = folder / "node_modules" / ".bin" / "codex"
+    return binary if binary.exists() else None
+
 
 def codex_binary() -> str | None:
+    """The Codex the single-version tests run: CODEXBRIDGE_CODEX, else the first of the requested versions
+    (CODEXBRIDGE_CODEX_VERSIONS), else the pinned one, else a codex on PATH."""
     explicit = os.environ.get("CODEXBRIDGE_CODEX")
     if explicit:
         return explicit
-    local = ROOT / ".tools" / "codex" / "node_modules" / ".bin" / "codex"
-    if local.exists():
+    local = codex_binary_for(codex_versions()[0])
+    if local is not None:
         return str(local)
     return shutil.which("codex")
 
 
-def quiet_codex_config(instructions: Path) -> str:
-    """Config keys that keep Codex offline and its requests free of its own long texts."""
+@cache
+def installed_version(binary: str) -> str:
+    """The exact version a Codex binary reports (`codex-cli 0.169.0` -> `0.169.0`)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60).stdout
+    return out.strip().rsplit(" ", 1)[-1]
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("-")[0].split("."))
+    except ValueError:
+        return ()
+
+
+def quiet_codex_config(instructions: Path, version: str | None = None) -> str:
+    """Config keys that keep Codex offline and its requests free of its own long texts (for Codex `version`, by
+    default the one codex_binary() runs)."""
+    if version is None:
+        binary = codex_binary()
+        version = installed_version(binary) if binary else PINNED
+    agents = "[agents]\nenabled = false\n" if _version_tuple(version) >= _AGENTS_ENABLED_SINCE else ""
     return f"""
 model_instructions_file = "{instructions}"
 include_permissions_instructions = false
@@ -39,9 +86,7 @@ web_search = "disabled"
 check_for_update_on_startup = false
 [skills]
 include_instructions = false
-[agents]
-enabled = false
-[tools.experimental_request_user_input]
+{agents}[tools.experimental_request_user_input]
 enabled = false
 [analytics]
 enabled = false

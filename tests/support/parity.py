@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from support import ROOT, need
-from support.codex import quiet_codex_config
+from support.codex import codex_binary_for, installed_version, quiet_codex_config
 
-PINNED = "0.169.0"
 HTTP, BRIDGED, NATIVE = "http", "bridged", "native"
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -33,23 +32,12 @@ _TIME_SUFFIXES = ("_at", "_ms", "_at_unix_ms")
 _TRANSPORT_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 
 
-def codex_versions() -> list[str]:
-    """The Codex versions the parity matrix runs: CODEXBRIDGE_CODEX_VERSIONS (scripts/test --codex), else the pinned."""
-    raw = os.environ.get("CODEXBRIDGE_CODEX_VERSIONS", "").replace(",", " ").split()
-    return raw or [PINNED]
-
-
-def codex_binary_for(version: str) -> Path | None:
-    """Where scripts/setup.sh installs a version: the pinned one in .tools/codex, any other in .tools/codex-VERSION
-    ("latest" is the newest on npm, resolved at install time and recorded in .tools/codex-latest/VERSION)."""
-    folder = ROOT / ".tools" / ("codex" if version == PINNED else f"codex-{version}")
-    binary = folder / "node_modules" / ".bin" / "codex"
-    return binary if binary.exists() else None
-
-
-def installed_version(binary: Path) -> str:
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60).stdout
-    return out.strip().rsplit(" ", 1)[-1]
+def version_label(version: str) -> str:
+    """A matrix entry with the exact version it runs, for test ids and reports: `latest=0.171.0`, `0.169.0`,
+    `oldest=0.166.0`."""
+    binary = codex_binary_for(version)
+    exact = installed_version(str(binary)) if binary is not None else "not installed"
+    return version if exact == version else f"{version}={exact}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ class CodexLeg:
         provider = {"name": scenario.provider_name, "base_url": self.base_url, "env_key": "MOCK_API_KEY",
                     "wire_api": "responses", "request_max_retries": 0, "stream_max_retries": 1,
                     "supports_websockets": self.websockets}
-        quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md")
+        quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md", installed_version(str(self.binary)))
         (home / "config.toml").write_text(
             'model = "gpt-5.5"\nmodel_provider = "mock"\n' + scenario.config + "\n" + quiet
             + "\n[model_providers.mock]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in provider.items()) + "\n")
