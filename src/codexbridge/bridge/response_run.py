@@ -36,7 +36,7 @@ log = logging.getLogger("codexbridge.bridge.session")
 
 # Events whose content the bridge must read; every other event is forwarded without parsing.
 _NEEDS_PARSE = re.compile(
-    rb"response\.(?:output_item\.(?:done|added)|completed|failed|incomplete|cancelled|created|in_progress)|\"error\""
+    rb"response\.(?:output_item\.(?:done|added)|completed|failed|incomplete|cancelled|created)|\"error\""
 )
 _ITEM_DONE = b'"response.output_item.done"'
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
