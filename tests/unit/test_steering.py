@@ -7,7 +7,15 @@ import json
 import pytest
 
 from codexbridge.responses.conversation import ClientFrameError
-from codexbridge.responses.steering import SteerError, check_stream_id, required_input, steer_input, stream_prefix, tag
+from codexbridge.responses.steering import (
+    SteerError,
+    check_stream_id,
+    client_owned,
+    required_input,
+    steer_input,
+    stream_prefix,
+    tag,
+)
 
 
 @pytest.mark.parametrize("data", [b'{"type":"x","a":1}', b"{}", b"{ }", b'{"type":"e","s":"}"}'])
@@ -58,3 +66,15 @@ def test_required_input_stubs() -> None:
         {"type": "custom_tool_call_output", "call_id": "c2"},
         {"type": "mcp_approval_response", "approval_request_id": "a1"},
     ]
+
+
+@pytest.mark.parametrize(("item", "owned"), [
+    ({"type": "function_call", "call_id": "c1"}, True),
+    ({"type": "shell_call", "call_id": "c2"}, True),
+    ({"type": "mcp_approval_request", "id": "a1"}, True),
+    ({"type": "message", "role": "assistant"}, False),
+    ({"type": "reasoning", "summary": []}, False),
+    ("function_call", False),
+])
+def test_client_owned_items_are_the_ones_a_steered_cut_never_follows(item: object, owned: bool) -> None:
+    assert client_owned(item) is owned
