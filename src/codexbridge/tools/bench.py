@@ -10,6 +10,8 @@ Configurations (columns):
   d      c with codexbridge_record=DIR
   e      mitmdump -s bridge.py codexbridge_mode=passthrough: WebSocket relayed, downstream pings
   f      c with the client speaking TLS to the proxy (certificate checks off; mitmproxy's generated certificate)
+  g      c with codexbridge_metrics=HOST:PORT, its /metrics scraped once per second (as Prometheus would) while
+         g's workloads run
 
 Workloads (rows): burst (one session, N deltas as fast as possible), paced (S concurrent sessions of 100
 deltas 20 ms apart), first (time to first event over a warm connection), handshake (WebSocket upgrade
@@ -17,9 +19,10 @@ latency while the paced load runs), idle (many idle sessions: RSS per session of
 them, ping lateness measured by the client as arrival minus last activity plus the interval), storm (S
 clients open their connection at once: the time each waits for its upgrade).
 
-Paired figures (d and f against a reference bridge without recording and without TLS, both up at once,
+Paired figures (d, f and g against a reference bridge without recording, TLS or metrics, both up at once,
 alternating): recording cost as throughput of bursts and as CPU of proxy plus recording worker for the
-paced sessions; TLS cost as proxy CPU for the paced sessions.
+paced sessions; TLS cost as proxy CPU for the paced sessions; metrics cost as throughput of bursts and as
+proxy CPU for the paced sessions, with the scrapes going on.
 
 The clients are lean on purpose (raw asyncio streams; WebSocket frames are counted from their headers and
 the terminal event is found with one bytes search per read), so that they are not what is measured.
@@ -62,7 +65,9 @@ READ = 1 << 18
 HOST = "127.0.0.1"
 PATH = "/v1/responses"
 WORKLOADS = ("burst", "paced", "first", "handshake", "idle", "storm")
-GROUPS = ("a", "b", "c", "d", "e", "f")
+GROUPS = ("a", "b", "c", "d", "e", "f", "g")
+PAIRED_GROUPS = ("d", "f", "g")  # measured against the reference bridge too
+SCRAPE_EVERY = 1.0  # seconds between two scrapes of g's /metrics (Prometheus' scrape_interval, shortened)
 _TERMINAL_OK = type_marker("response.completed")
 _TERMINAL_BAD = tuple(type_marker(kind) for kind in sorted(TERMINAL_EVENTS - {"response.completed"}))
 
@@ -460,9 +465,9 @@ async def start_child(name: str, cmd: list[str], port: int, workdir: Path, timeo
 
 
 def mitmdump_cmd(group: str, upstream_port: int, port: int, record_dir: Path, params: Params,
-                 confdir: Path) -> list[str]:
+                 confdir: Path, metrics_port: int | None = None) -> list[str]:
     """The proxy of a configuration; `confdir` is its own (mitmproxy creates its CA there at the first start:
-    a TLS client of f gets a certificate signed by it)."""
+    a TLS client of f gets a certificate signed by it); g serves its metrics on `metrics_port`."""
     cmd = [str(Path(sys.executable).parent / "mitmdump"), "--mode", f"reverse:http://{HOST}:{upstream_port}",
            "--listen-host", HOST, "--listen-port", str(port), "--set", "connection_strategy=lazy", "-q",
            "--set", f"confdir={confdir}"]
@@ -474,7 +479,9 @@ def mitmdump_cmd(group: str, upstream_port: int, port: int, record_dir: Path, pa
         cmd += ["--set", f"codexbridge_record={record_dir}"]
     if group == "e":
         cmd += ["--set", "codexbridge_mode=passthrough"]
-    if params.metrics:
+    if group == "g":
+        cmd += ["--set", f"codexbridge_metrics={HOST}:{metrics_port or 0}"]
+    elif params.metrics:
         cmd += ["--set", f"codexbridge_metrics={HOST}:0"]
     return cmd
 
@@ -491,6 +498,7 @@ class Config:
     baseline: str | None  # for burst, paced, first
     pings: bool  # the idle workload sees pings
     tls: bool = False  # the client speaks TLS to the proxy
+    quick_workloads: tuple[str, ...] | None = None  # a quick run measures only these (None: all that apply)
 
     def applies(self, workload: str) -> bool:
         return self.proto == "ws" or workload in ("burst", "paced", "first")
@@ -510,6 +518,7 @@ CONFIGS = (
     Config("d", "d", "d bridge+rec", "ws", "a_sse", True),
     Config("e", "e", "e passthrough", "ws", "a_ws", True),
     Config("f", "f", "f bridge TLS", "ws", "a_sse", True, tls=True),
+    Config("g", "g", "g bridge+metrics", "ws", "a_sse", True, quick_workloads=("burst", "paced")),
 )
 BY_KEY = {c.key: c for c in CONFIGS}
 
@@ -543,6 +552,11 @@ class Params:
     label: str = "full"
     metrics: bool = False  # the bridge and passthrough proxies count and serve Prometheus metrics (on a free port)
 
+    def runs(self, cfg: Config, workload: str) -> bool:
+        """Whether `cfg` measures `workload` in this run."""
+        return (workload in self.workloads and cfg.applies(workload)
+                and not (self.quick and cfg.quick_workloads is not None and workload not in cfg.quick_workloads))
+
 
 def _chosen(option: str, what: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     """The comma-separated choices of `option`, in the order of `allowed`; an unknown one exits with a message."""
@@ -558,7 +572,7 @@ def params_from(args: argparse.Namespace) -> Params:
     if args.quick:
         p = Params(burst=2000, burst_repeats=3, paired_bursts=2, paired_paced=1, storm=20, storm_rounds=1,
                    sessions=20, paced_deltas=25, repeats=20, idle=50, idle_hold=2.5,
-                   ping_interval=2, ping_timeout=1, handshake_gap=0.05, handshake_max=40, max_seconds=100.0,
+                   ping_interval=2, ping_timeout=1, handshake_gap=0.05, handshake_max=40, max_seconds=150.0,
                    burst_budget_s=10.0, settle_after_open_s=0.3, quiet_budget_s=0.0, quick=True, label="quick")
     for name, attr in (("burst", "burst"), ("sessions", "sessions"), ("repeats", "repeats"), ("idle", "idle")):
         value = getattr(args, name, None)
@@ -709,6 +723,69 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+class Scraper:
+    """GET /metrics every `every` s from each of `ports` (as Prometheus would), in the bench's own loop, until
+    stopped; the last scrape's text is kept (it shows what the proxy counted)."""
+
+    def __init__(self, ports: list[int], every: float = SCRAPE_EVERY) -> None:
+        self.ports, self.every = ports, every
+        self.scrapes = 0
+        self.bytes = 0
+        self.errors: list[str] = []
+        self.last: dict[int, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def scrape(self, port: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(f"GET /metrics HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode())
+            data = await reader.read()
+        finally:
+            writer.close()
+        if not data.startswith(b"HTTP/1.") or b" 200 " not in data[:16]:
+            raise BenchError(f"/metrics answered {data[:40]!r}")
+        self.scrapes += 1
+        self.bytes += len(data)
+        self.last[port] = data.split(b"\r\n\r\n", 1)[-1].decode("utf-8", "replace")
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        n = 0
+        while True:
+            for port in self.ports:
+                try:
+                    async with asyncio.timeout(5.0):
+                        await self.scrape(port)
+                except (BenchError, TimeoutError, OSError) as e:
+                    self.errors.append(_err(e))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * self.every - loop.time()))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def counted(self, name: str) -> float:
+        """The sum of a metric's samples (every label) over the last scrape of each port."""
+        total = 0.0
+        for text in self.last.values():
+            for line in text.splitlines():
+                if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+                    with contextlib.suppress(ValueError):
+                        total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def result(self) -> dict[str, Any]:
+        return {"scrapes": self.scrapes, "every_s": self.every, "bytes": self.bytes,
+                "sessions_counted": self.counted("codexbridge_sessions_total"),
+                "frames_counted": self.counted("codexbridge_frames_total"),
+                "errors": self.errors[:20], "error_count": len(self.errors)}
+
+
 class Runner:
     def __init__(self, params: Params, progress: Progress, say: Callable[[str], None]) -> None:
         self.p = params
@@ -756,12 +833,13 @@ class Runner:
                 "events_per_s_max": _r(max(rates, default=None), 1), "deltas": n, "raw_events_per_s": rates,
                 "raw_seconds": seconds, "repeats": len(rates), "errors": errors}
 
-    async def paired_burst(self, cfg: Config, rec: tuple[int, int], base: tuple[int, int]) -> dict[str, Any]:
-        """Recording cost from bursts alternating (ABBA) between the recording proxy and an identical one
-        without recording, both up at once: the two medians share the machine's state, which separate
+    async def paired_burst(self, cfg: Config, rec: tuple[int, int], base: tuple[int, int],
+                           feature: str = "recording") -> dict[str, Any]:
+        """The cost of `feature` (recording, metrics) from bursts alternating (ABBA) between the proxy with it and
+        an identical one without it, both up at once: the two medians share the machine's state, which separate
         cells minutes apart do not (one cell's repeats spread by +-20 % here)."""
         pairs = self.p.paired_bursts
-        self._step(f"{cfg.label}: recording cost, {pairs} alternating burst pairs", pairs)
+        self._step(f"{cfg.label}: {feature} cost, {pairs} alternating burst pairs", pairs)
         with_rec: list[float] = []
         without: list[float] = []
         errors: list[str] = []
@@ -781,9 +859,9 @@ class Runner:
                     client.close()
             self._advance()
         a, b = median(with_rec), median(without)
-        return {"cost": _r(1 - a / b, 4) if a and b else None, "with_recording_events_per_s": _r(a, 1),
-                "without_recording_events_per_s": _r(b, 1), "pairs": pairs,
-                "raw_with_recording": with_rec, "raw_without_recording": without, "errors": errors}
+        return {"cost": _r(1 - a / b, 4) if a and b else None, f"with_{feature}_events_per_s": _r(a, 1),
+                f"without_{feature}_events_per_s": _r(b, 1), "pairs": pairs,
+                f"raw_with_{feature}": with_rec, f"raw_without_{feature}": without, "errors": errors}
 
     # first event --------------------------------------------------------------------------------
 
@@ -1061,7 +1139,7 @@ class Runner:
 
 MAIN_FIGURE = {"burst": "events_per_s", "paced": "p50_s", "first": "p50_ms", "handshake": "p50_ms",
                "idle": "kb_per_session", "storm": "p50_ms", "recording_cost": "cost", "recording_cpu": "ratio",
-               "tls_cpu": "ratio"}
+               "tls_cpu": "ratio", "metrics_cost": "cost", "metrics_cpu": "ratio", "metrics_scrapes": "scrapes"}
 
 
 def machine_info() -> dict[str, Any]:
@@ -1088,7 +1166,7 @@ def machine_info() -> dict[str, Any]:
 async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> dict[str, Any]:
     runner = Runner(p, progress, say)
     configs = [c for c in CONFIGS if c.group in p.groups]
-    cells = [(c.key, w) for c in configs for w in p.workloads if c.applies(w)]
+    cells = [(c.key, w) for c in configs for w in p.workloads if p.runs(c, w)]
     overall = progress.add_task("codexbridge bench", total=len(cells))
     results: dict[str, dict[str, Any]] = {c.key: {} for c in configs}
     cpu: dict[str, dict[str, Any]] = {c.key: {} for c in configs}
@@ -1131,15 +1209,18 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
         proxies: dict[str, Child] = {}
         starting = {g: free_port() for g in proxy_groups}
         if wants_idle:
-            starting.update({f"{g}-idle": free_port() for g in proxy_groups})
-        # the reference bridge (c's options) for the paired figures of d (recording) and f (TLS)
-        wants_ref = bool({"d", "f"} & set(proxy_groups)) and bool({"burst", "paced"} & set(p.workloads))
+            starting.update({f"{g}-idle": free_port() for g in proxy_groups
+                             if any(p.runs(c, "idle") for c in configs if c.group == g)})
+        # the reference bridge (c's options) for the paired figures of d (recording), f (TLS) and g (metrics)
+        wants_ref = bool(set(PAIRED_GROUPS) & set(proxy_groups)) and bool({"burst", "paced"} & set(p.workloads))
         if wants_ref:
             starting["ref"] = free_port()
+        metrics_ports = {name: free_port() for name in starting if name[0] == "g"}
         confdirs = workdir / "confdirs"  # one mitmproxy confdir (and CA) per proxy: none is shared, none is the user's
         started = await asyncio.gather(*(start_child(f"mitmdump-{name}",
                                                      mitmdump_cmd("c" if name == "ref" else name[0], up_port, port,
-                                                                  record_dir, p, confdirs / name),
+                                                                  record_dir, p, confdirs / name,
+                                                                  metrics_ports.get(name)),
                                                      port, workdir, timeout=60.0) for name, port in starting.items()),
                                        return_exceptions=True)
         for name, child in zip(starting, started, strict=False):
@@ -1158,6 +1239,10 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
             pids = {"bench": bench_pid, "upstream": upstream.proc.pid}
             if mitm:
                 pids["proxy"] = mitm.proc.pid
+            scraper = None
+            if group == "g":  # scraped while g's workloads run, as Prometheus would
+                scraper = Scraper([metrics_ports[n] for n in (f"{group}-idle", group) if n in proxies])
+                scraper.start()
 
             def record(cfg: Config, workload: str, figures: dict[str, Any], watch: Watch) -> None:
                 results[cfg.key][workload] = figures
@@ -1171,7 +1256,7 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                     f"[dim]cpu% {watch.result['cpu_percent']}[/dim]")
 
             for cfg in group_cfgs:  # idle first, on a fresh process, so that RSS is not flattered by freed arenas
-                if wants_idle and cfg.applies("idle"):
+                if p.runs(cfg, "idle"):
                     i_port = idle_mitm.port if idle_mitm else port
                     i_pid = idle_mitm.proc.pid if idle_mitm else pid
                     i_pids = {**pids, "proxy": i_pid} if idle_mitm else pids
@@ -1186,21 +1271,23 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                     say(f"[red]mitmdump for {group} (idle) died[/red]:\n{idle_mitm.tail()}")
                 idle_mitm.stop()
                 children.remove(idle_mitm)
+                if scraper is not None:
+                    scraper.ports = [port for port in scraper.ports if port != metrics_ports.get(f"{group}-idle")]
             for cfg in group_cfgs:
                 await runner.warm(cfg, port)
                 if group == "d" and mitm is not None:
                     for kid in child_pids(mitm.proc.pid):  # the recording worker: its CPU is part of d's cost
                         pids["recorder"] = kid
                 for workload in ("burst", "first"):
-                    if workload in p.workloads:
+                    if p.runs(cfg, workload):
                         with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                             if workload == "burst":
                                 figures = await runner.burst(cfg, port, pid if mitm else None)
                             else:
                                 figures = await runner.first(cfg, port)
                         record(cfg, workload, figures, watch)
-                want_paced = "paced" in p.workloads
-                want_hs = "handshake" in p.workloads and cfg.applies("handshake")
+                want_paced = p.runs(cfg, "paced")
+                want_hs = p.runs(cfg, "handshake")
                 if want_paced or want_hs:
                     with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                         paced, hs = await runner.paced(cfg, port, probes=want_hs)
@@ -1210,27 +1297,28 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                         if not want_paced:
                             hs["load"] = {k: paced[k] for k in ("p50_s", "completed", "sessions")}
                         record(cfg, "handshake", hs, watch)
-                if "storm" in p.workloads and cfg.applies("storm"):
+                if p.runs(cfg, "storm"):
                     with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                         figures = await runner.storm(cfg, port, pid if mitm else None)
                     record(cfg, "storm", figures, watch)
-            ref = proxies.get("ref") if group in ("d", "f") else None
+            ref = proxies.get("ref") if group in PAIRED_GROUPS else None
             if ref is not None and mitm is not None:
                 subject_cfg = group_cfgs[0]
                 ref_cfg = BY_KEY["c"]
                 await runner.warm(ref_cfg, ref.port)
                 paired_pids = {**pids, "reference": ref.proc.pid}
-                if group == "d" and "burst" in p.workloads:
+                feature = {"d": "recording", "g": "metrics"}.get(group)
+                if feature is not None and "burst" in p.workloads:
                     with Watch(paired_pids, ours, await prepare(pid)) as watch:
                         figures = await runner.paired_burst(subject_cfg, (mitm.port, mitm.proc.pid),
-                                                            (ref.port, ref.proc.pid))
-                    results[subject_cfg.key]["recording_cost"] = figures
-                    cpu[subject_cfg.key]["recording_cost"] = watch.result
+                                                            (ref.port, ref.proc.pid), feature)
+                    results[subject_cfg.key][f"{feature}_cost"] = figures
+                    cpu[subject_cfg.key][f"{feature}_cost"] = watch.result
                     cost = figures["cost"]
-                    say(f"  {subject_cfg.label} · recording cost (paired bursts): "
+                    say(f"  {subject_cfg.label} · {feature} cost (paired bursts): "
                         f"{'—' if cost is None else f'{cost * 100:.1f} % (×{1 - cost:.2f} throughput)'}")
                 if "paced" in p.workloads:
-                    name = "recording_cpu" if group == "d" else "tls_cpu"
+                    name = {"d": "recording_cpu", "f": "tls_cpu", "g": "metrics_cpu"}[group]
                     with Watch(paired_pids, ours, await prepare(pid)) as watch:
                         figures = await runner.paired_paced_cpu(subject_cfg, (mitm.port, mitm.proc.pid), ref_cfg,
                                                                 (ref.port, ref.proc.pid))
@@ -1240,9 +1328,15 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                     say(f"  {subject_cfg.label} · {name.replace('_', ' ')} (paired paced, vs the reference bridge): "
                         f"{'—' if ratio is None else f'×{ratio:.2f}'} [dim]({figures['subject_cpu_s']} s vs "
                         f"{figures['reference_cpu_s']} s)[/dim]")
-                if not {"d", "f"} & set(p.groups[p.groups.index(group) + 1:]):  # its last use
+                if not set(PAIRED_GROUPS) & set(p.groups[p.groups.index(group) + 1:]):  # its last use
                     ref.stop()
                     children.remove(ref)
+            if scraper is not None:
+                scraper.stop()
+                results[group]["metrics_scrapes"] = scraper.result()
+                say(f"  {group_cfgs[0].label} · /metrics scraped {scraper.scrapes} times, every {scraper.every:g} s"
+                    f" [dim](the last scrape counted {scraper.counted('codexbridge_sessions_total'):,.0f} sessions)"
+                    f"[/dim]")
             if group == "d" and record_dir.is_dir():  # proof that d really recorded
                 files = list(record_dir.glob("*.jsonl"))
                 recordings = {"files": len(files), "bytes": sum(f.stat().st_size for f in files if f.is_file())}
@@ -1373,8 +1467,15 @@ def build_targets(p: Params, results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{paired['without_recording_events_per_s']:,.0f} ev/s)", kept >= 0.9)
     elif c and d is not None:
         add("recording on: burst throughput (d vs c)", ">= 0.9 × without", d / c, f"×{d / c:.2f}", d / c >= 0.9)
+    paired = results.get("g", {}).get("metrics_cost") or {}
+    if paired.get("cost") is not None:
+        kept = 1 - paired["cost"]
+        add("metrics on, scraped every second: burst throughput (g vs the reference bridge, paired bursts)",
+            ">= 0.95 × without", kept, f"×{kept:.2f} ({paired['with_metrics_events_per_s']:,.0f} vs "
+            f"{paired['without_metrics_events_per_s']:,.0f} ev/s)", kept >= 0.95)
     for key, name, what, limit in (("d", "recording_cpu", "recording on: CPU of proxy + recording worker", 1.25),
-                                   ("f", "tls_cpu", "client over TLS: proxy CPU", 1.3)):
+                                   ("f", "tls_cpu", "client over TLS: proxy CPU", 1.3),
+                                   ("g", "metrics_cpu", "metrics on, scraped every second: proxy CPU", 1.05)):
         paired = results.get(key, {}).get(name) or {}
         ratio = paired.get("ratio")
         if ratio is not None:
@@ -1403,7 +1504,7 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
         cells = []
         for k in keys:
             cfg = BY_KEY[k]
-            if not cfg.applies(workload):
+            if not p.runs(cfg, workload):
                 cells.append("n/a")
                 continue
             v = figure(results, k, workload, name)
@@ -1433,8 +1534,9 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
                 f"{p.ping_interval} s (a: the upstream pings; b: nobody pings); RSS of the process holding them",
         "storm": f"storm: {p.storm} clients connect at the same moment ({p.storm_rounds} round(s)); connect to 101",
     }
-    out.print("[dim]" + "; ".join(what[w] for w in p.workloads) + ". Ratios: b SSE, c, d vs a SSE; b WS, e vs a WS; "
-              "handshake, idle and storm vs a WS. f: the client speaks TLS to the proxy.[/dim]")
+    out.print("[dim]" + "; ".join(what[w] for w in p.workloads) + ". Ratios: b SSE, c, d, f, g vs a SSE; b WS, e vs a WS; "
+              "handshake, idle and storm vs a WS. f: the client speaks TLS to the proxy. g: the bridge with "
+              f"codexbridge_metrics, its /metrics scraped every {SCRAPE_EVERY:g} s.[/dim]")
     m = report["machine"]
     walls = [(w["wall_s"], w.get("foreign_cpu_percent") or 0.0) for per in report["cpu"].values()
              for wl, w in per.items() if not (wl == "handshake" and "paced" in per)]
@@ -1509,7 +1611,7 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]open-file limit {nofile} is below the {need} this run needs; lower --idle[/yellow]")
     out = Console()
     if not out.is_terminal:
-        out = Console(width=190)
+        out = Console(width=220)
     json_path = Path(args.json or "codexbridge-bench.json")
     started = dt.datetime.now(dt.UTC)
     load_start = loadavg()
