@@ -4,7 +4,8 @@
 Measures, on loopback, proxy CPU per connection (500 sequential connections, each one request and close) and the
 time 200 clients opening at once wait for their answer, for:
   floor   mitmdump answering every request itself with a 200, from a one-line addon: no upstream, no codexbridge
-  bridge  mitmdump -s bridge.py answering WebSocket upgrades (the bench's storm workload, without a turn)
+  bridge  mitmdump -s bridge.py answering WebSocket upgrades (the bench's storm workload, without a turn), with
+          codexbridge's listener fast path for bridged upgrades (codexbridge_fast_path) off and on
 The floor runs with mitmproxy's stock hook dispatch and listen backlog, and with codexbridge's (mitm/dispatch.py,
 mitm/listen.py), which the bridge always has.
 
@@ -82,6 +83,8 @@ def main() -> None:
     cases = [
         ("floor, stock dispatch", ["-s", str(work / "floor.py")], plain_request),
         ("floor, codexbridge dispatch+backlog", ["-s", str(work / "floor.py"), "-s", str(work / "dispatch.py")], plain_request),
+        ("bridge upgrade (c), fast path off", ["-s", str(script_path("bridge")), "--set", "codexbridge_fast_path=false"],
+         upgrade),
         ("bridge upgrade (c)", ["-s", str(script_path("bridge"))], upgrade),
     ]
     for label, scripts, connect in cases:

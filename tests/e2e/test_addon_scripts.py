@@ -27,7 +27,7 @@ BRIDGE = {"codexbridge_path", "codexbridge_flow_messages", "codexbridge_on_disco
           "codexbridge_max_frame_bytes", "codexbridge_connect_timeout", "codexbridge_read_timeout",
           "codexbridge_max_stored_responses", "codexbridge_auto_ttl", "codexbridge_max_stored_bytes",
           "codexbridge_max_lanes", "codexbridge_max_active", "codexbridge_max_queued", "codexbridge_gc_tuning",
-          "codexbridge_stream_sse", "codexbridge_upgrade_headers"}
+          "codexbridge_stream_sse", "codexbridge_upgrade_headers", "codexbridge_fast_path"}
 # Per-run values in the demo upstream's events: its response counter, random item ids, its clock.
 _VOLATILE = re.compile(r'resp_mock_\d+|(?:msg|fc|call)_[0-9a-f]+|"created_at":\d+')
 

@@ -128,6 +128,15 @@ class CodexBridge(CodexAddon):
             "NAME: with no value is never sent.",
         )
         loader.add_option(
+            "codexbridge_fast_path", bool, True,
+            "Serve a bridged WebSocket upgrade straight from the reverse-mode listener: codexbridge looks at each new "
+            "connection's first request head, and when it is an upgrade the bridge answers, runs that connection "
+            "itself (the same hooks, flow, keepalive, recording and metrics) instead of mitmproxy's per-connection "
+            "layers, which cost several times more CPU per connection; every other connection (other paths, plain "
+            "HTTP, TLS, passthrough upgrades, other proxy modes) goes to mitmproxy untouched. Off: every connection "
+            "goes to mitmproxy.",
+        )
+        loader.add_option(
             "codexbridge_stream_sse", bool, True,
             "Stream every text/event-stream response through as it arrives instead of buffering the whole "
             "body (mitmproxy's default), so Codex in HTTP mode sees events live.",
@@ -155,6 +164,29 @@ class CodexBridge(CodexAddon):
             self.upgrade_memory.pinned = {k.lower(): v for k, v in pinned.items()}
         if "codexbridge_mode" in updated and opts.codexbridge_mode != "off" and not opts.websocket:
             raise exceptions.OptionsError("codexbridge needs mitmproxy's 'websocket' option to be on.")
+        self._take_upgrades()
+
+    def _take_upgrades(self) -> None:
+        """Tells the listeners' fast path whether (and which) upgrades to take from now on."""
+        if not self.active:
+            return  # (a second bridge loaded stays idle: the first one decides)
+        opts = ctx.options
+        on = (opts.codexbridge_fast_path and opts.codexbridge_mode in ("bridge", "auto")
+              and not (opts.ignore_hosts or opts.allow_hosts or opts.tcp_hosts))  # those need mitmproxy's next layer
+        mitm.take_upgrades(opts.codexbridge_path, self.would_bridge if on else None)
+
+    def would_bridge(self, flow: http.HTTPFlow) -> bool:
+        """Whether request() would answer this upgrade with its 101 (the fast path's question)."""
+        mode = ctx.options.codexbridge_mode
+        headers = flow.request.headers
+        if not self.active or not is_websocket_upgrade(flow.request) or not on_codex_path(flow):
+            return False
+        if headers.get("sec-websocket-version", "") != "13" or not headers.get("sec-websocket-key", ""):
+            return False
+        if mode == "auto":
+            known = self.ws_support.get(self.upstream_key(flow))
+            return known is not None and known[1] > time.monotonic() and not known[0]
+        return mode == "bridge"
 
     def running(self) -> None:
         if not self.active or ctx.options.codexbridge_mode == "off":
@@ -304,6 +336,8 @@ class CodexBridge(CodexAddon):
             response.stream = True
 
     async def done(self) -> None:
+        if self.active:
+            mitm.take_upgrades("/", None)
         if self._gc_timer is not None:
             self._gc_timer.cancel()
             self._gc_timer = None

@@ -4,6 +4,7 @@ from codexbridge.mitm.compat import IncompatibleMitmproxy, check_internals
 
 check_internals()
 
+from codexbridge.mitm.fastpath import take_upgrades  # noqa: E402
 from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402 - only once the internals are known to be there
 from codexbridge.mitm.outbox import ClientOutbox  # noqa: E402
 from codexbridge.mitm.plans import (  # noqa: E402
@@ -19,5 +20,5 @@ from codexbridge.mitm.plans import (  # noqa: E402
 
 __all__ = [
     "BridgeHooks", "ClientOutbox", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "check_internals",
-    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "uninstall",
+    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "take_upgrades", "uninstall",
 ]

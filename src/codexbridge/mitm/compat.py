@@ -48,9 +48,64 @@ def check_internals() -> None:
 
     if not hasattr(server.ConnectionHandler, "server_event") or "transports" not in getattr(server.ConnectionHandler, "__annotations__", {}):
         problems.append("ConnectionHandler.server_event/transports are missing")
+    problems += _fast_path_problems()
     if problems:
         raise IncompatibleMitmproxy(
             f"codexbridge cannot run on mitmproxy {mitmproxy.version.VERSION}: " + "; ".join(problems)
             + ". Install a supported version: pip install 'mitmproxy>=12.2,<13'."
         )
 
+
+
+def _fast_path_problems() -> list[str]:
+    """What the listener's fast path for bridged upgrades (fastpath.py) and the lighter TLS contexts (tls.py) rely on."""
+    import asyncio
+
+    from mitmproxy import connection, flow
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.net.http import http1
+    from mitmproxy.proxy import commands, events, mode_servers, mode_specs, server, server_hooks
+    from mitmproxy.proxy.layers import http as http_layers
+
+    problems = []
+    try:
+        if "ProxyConnectionHandler(" not in inspect.getsource(mode_servers.ServerInstance.handle_stream):
+            problems.append("ServerInstance.handle_stream no longer makes a ProxyConnectionHandler per connection")
+    except (AttributeError, OSError, TypeError):
+        problems.append("ServerInstance.handle_stream cannot be inspected")
+    handler = getattr(mode_servers, "ProxyConnectionHandler", None)
+    for name in ("handle_client", "server_event", "handle_hook"):
+        if not callable(getattr(handler, name, None)):
+            problems.append(f"ProxyConnectionHandler.{name} is missing")
+    needed = {
+        "http1": (http1, ("read_request_head", "expected_http_body_size", "assemble_response_head")),
+        "layers.http": (http_layers, ("HttpRequestHeadersHook", "HttpRequestHook", "HttpResponseHeadersHook",
+                                      "HttpResponseHook", "HttpErrorHook")),
+        "server_hooks": (server_hooks, ("ClientConnectedHook", "ClientDisconnectedHook")),
+        "commands": (commands, ("SendData", "CloseConnection", "StartHook", "Log", "ConnectionCommand")),
+        "events": (events, ("Start", "DataReceived", "ConnectionClosed", "HookCompleted")),
+        "server": (server, ("ConnectionIO",)),
+        "mode_specs": (mode_specs, ("ReverseMode",)),
+        "connection": (connection, ("Client", "ConnectionState")),
+    }
+    for where, (module, names) in needed.items():
+        problems += [f"mitmproxy {where}.{name} is missing" for name in names if not hasattr(module, name)]
+    if not callable(getattr(proxyserver.Proxyserver, "register_connection", None)):
+        problems.append("Proxyserver.register_connection is missing")
+    if getattr(flow.Error, "KILLED_MESSAGE", None) is None:
+        problems.append("flow.Error.KILLED_MESSAGE is missing")
+    reader = asyncio.StreamReader
+    if not callable(getattr(reader, "_wait_for_data", None)) or "_buffer" not in inspect.getsource(reader.__init__):
+        problems.append("asyncio.StreamReader._buffer/_wait_for_data (read in place by the fast path) are missing")
+    from mitmproxy.addons import tlsconfig
+    from mitmproxy.net import tls as net_tls
+    from OpenSSL import SSL
+
+    for name in ("create_client_proxy_context", "create_proxy_server_context"):  # tls.py wraps them
+        if not callable(getattr(net_tls, name, None)):
+            problems.append(f"mitmproxy.net.tls.{name} is missing")
+        elif f"net_tls.{name}(" not in inspect.getsource(tlsconfig):
+            problems.append(f"mitmproxy's tlsconfig no longer makes its contexts with net_tls.{name}")
+    if not callable(getattr(SSL._lib, "SSL_CTX_set_mode", None)) or not hasattr(SSL._lib, "SSL_MODE_RELEASE_BUFFERS"):
+        problems.append("pyOpenSSL's binding lacks SSL_CTX_set_mode/SSL_MODE_RELEASE_BUFFERS")
+    return problems

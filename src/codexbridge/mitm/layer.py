@@ -19,10 +19,9 @@ from mitmproxy.proxy.layers import tls as tls_layers
 from mitmproxy.proxy.layers import websocket as ws_layers
 from mitmproxy.proxy.utils import expect
 from mitmproxy.websocket import WebSocketMessage
-from OpenSSL import SSL
 from wsproto.frame_protocol import Opcode
 
-from codexbridge.mitm import dispatch, listen
+from codexbridge.mitm import dispatch, fastpath, listen, tls
 from codexbridge.mitm.channel import DirectReader, wsproto_idle
 from codexbridge.mitm.keepalive_driver import KeepaliveDriver
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
@@ -125,19 +124,13 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
     _handle_event = start
 
     def _lighter_tls(self, outbox: ClientOutbox) -> None:
-        """A client over TLS: the outbox encrypts with the client's TLS connection itself (see use_tls), and that
-        connection gives its record buffers back while the session is idle (SSL_MODE_RELEASE_BUFFERS: ~10 KB
-        less per idle session, measured)."""
+        """A client over TLS: the outbox encrypts with the client's TLS connection itself (see use_tls). (Its record
+        buffers are released while idle from the handshake on: tls.py.)"""
         tls_layer = next((x for x in self.context.layers if isinstance(x, tls_layers.ClientTLSLayer)
                           and x.conn is self.context.client), None)
-        tls = getattr(tls_layer, "tls", None)
-        if tls is None:
-            return
-        try:  # (pyOpenSSL has no call for it on a connection, and its contexts are frozen once used)
-            SSL._lib.SSL_set_mode(tls._ssl, SSL._lib.SSL_MODE_RELEASE_BUFFERS)
-        except AttributeError:
-            pass
-        outbox.use_tls(tls)
+        connection = getattr(tls_layer, "tls", None)
+        if connection is not None:
+            outbox.use_tls(connection)
 
     def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         """mitmproxy's dispatch, with a net: an unexpected exception ends this session (a log line, 1011 to the
@@ -537,13 +530,19 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
 
 def install() -> None:
     """Makes mitmproxy build CodexWebsocketLayer for every WebSocket flow, and dispatch hooks only to the addons
-    that implement them, with a listen backlog that holds a connection storm (idempotent)."""
+    that implement them, with a listen backlog that holds a connection storm, and the listeners' fast path for
+    bridged upgrades (taken once the bridge addon asks for it), and TLS contexts that release idle buffers
+    (idempotent)."""
     ws_layers.WebsocketLayer = CodexWebsocketLayer  # type: ignore[misc]  # replacing mitmproxy's layer class is how the layer is installed (checked at load)
     dispatch.install()
+    fastpath.install()
     listen.install()
+    tls.install()
 
 
 def uninstall() -> None:
     ws_layers.WebsocketLayer = _stock_layer  # type: ignore[misc]  # replacing mitmproxy's layer class is how the layer is installed (checked at load)
     dispatch.uninstall()
     listen.uninstall()
+    fastpath.uninstall()
+    tls.uninstall()

@@ -1,0 +1,375 @@
+"""A listener of our own for bridged upgrades: at the reverse-mode listen socket, a new connection whose first request
+is an upgrade the bridge would answer is served here (its hooks, the 101, then codexbridge's WebSocket layer driven
+by a small connection handler of our own); every other connection goes to mitmproxy's own handler untouched.
+
+Why: mitmproxy's per-connection machinery (next-layer decision, HTTP layers, a task and a locked layer pass per
+hook, a watchdog task) cost ~3 ms of CPU per connection, the floor under any connection storm; a bridged upgrade
+needs none of it. The same hooks run in the same order (requestheaders, request, responseheaders, response,
+websocket_start, websocket_message when asked for, websocket_end; client_connected and client_disconnected), with
+the same flow, so the bridge session, keepalive, recorder, metrics, mitmweb and -w files see what they saw before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import connection, ctx, flow, http
+from mitmproxy.net.http import http1, url
+from mitmproxy.proxy import commands, events, mode_servers, mode_specs, server, server_hooks
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers import websocket as ws_layers
+from mitmproxy.websocket import WebSocketData
+
+log = logging.getLogger("codexbridge.mitm")
+mitmproxy_log = logging.getLogger(server.__name__)  # the connection lines mitmproxy's own handler logs
+
+HEAD_LIMIT = 64 * 1024  # a longer request head goes to mitmproxy, which answers it as it always does
+HEAD_WAIT = 1.0  # seconds: a client slower than this to send its request head goes to mitmproxy
+_LINES = re.compile(rb"\r?\n")
+
+Decide = Callable[[http.HTTPFlow], bool]
+
+
+class _Taking:
+    """What the bridge addon said it takes: the Codex path (for a cheap look at the request line) and its decision
+    on a parsed request (None: the fast path is off)."""
+
+    path: bytes = b""
+    decide: Decide | None = None
+    taken = 0  # connections served here (for tests and logs)
+
+
+taking = _Taking()
+_stock: dict[str, Any] = {}
+
+
+def take_upgrades(path: str, decide: Decide | None) -> None:
+    """From now on, new connections to a reverse-mode listener whose first request is a GET upgrade on `path` for
+    which `decide(flow)` is true are served here; None sends every connection to mitmproxy."""
+    taking.path = path.rstrip("/").encode()
+    taking.decide = decide
+
+
+class Handler(mode_servers.ProxyConnectionHandler):
+    """mitmproxy's connection handler (mode_servers makes one per new connection), which first looks at the
+    connection's first request head: a bridged upgrade is served by a FastConnection, anything else by mitmproxy's
+    own code, as before."""
+
+    fast: FastConnection | None = None
+
+    async def handle_client(self) -> None:
+        fast = await _take(self)
+        if fast is None:
+            return await super().handle_client()
+        if fast is CLOSED_AT_ONCE:
+            return await self._closed_at_once()
+        self.fast = fast
+        await fast.serve()
+
+    async def _closed_at_once(self) -> None:
+        """A client that closed before sending a byte (a port probe): what mitmproxy's handler does for it (its own
+        code would read that end of stream before it is ready for it, the fast path having waited for the bytes)."""
+        peer = {"client": self.client.peername}
+        mitmproxy_log.info("client connect", extra=peer)
+        await self.handle_hook(server_hooks.ClientConnectedHook(self.client))
+        writer = self.transports.pop(self.client).writer
+        if writer is not None:
+            writer.close()
+        mitmproxy_log.info("client disconnect", extra=peer)
+        self.client.timestamp_end = time.time()
+        await self.handle_hook(server_hooks.ClientDisconnectedHook(self.client))
+
+    async def server_event(self, event: events.Event) -> None:
+        fast = self.fast
+        if fast is None:
+            return await super().server_event(event)
+        await fast.server_event(event)
+
+
+CLOSED_AT_ONCE: Any = object()
+
+
+async def _take(handler: Handler) -> FastConnection | None:
+    """The FastConnection for this connection when its first request is a bridged upgrade (its head is then
+    consumed); None, with nothing consumed, for anything else."""
+    decide = taking.decide
+    mode = handler.client.proxy_mode
+    io = handler.transports.get(handler.client)
+    reader = io.reader if io is not None else None
+    if (decide is None or not isinstance(reader, asyncio.StreamReader) or not isinstance(mode, mode_specs.ReverseMode)
+            or mode.scheme not in ("http", "https")):
+        return None
+    head = await _peek_head(reader)
+    if head is None and reader.at_eof() and not reader._buffer:  # type: ignore[attr-defined]  # (checked at load)
+        return CLOSED_AT_ONCE
+    request = _bridged_request(head, mode) if head is not None else None
+    if head is None or request is None:
+        return None
+    flow_ = http.HTTPFlow(handler.client, handler.layer.context.server, live=True)  # (nothing of the handler's is changed yet)
+    flow_.request = request
+    try:
+        if not decide(flow_):
+            return None
+    except Exception:  # the bridge decides again in its request hook (and logs what fails there)
+        log.exception("stage=bridge_error client=%s: the fast path's decision failed; mitmproxy serves it",
+                      handler.client.peername)
+        return None
+    await reader.readexactly(len(head))  # at once: the bytes are in the buffer
+    fast = FastConnection(handler, mode, flow_)
+    taking.taken += 1
+    log.debug("stage=fast_path client=%s: a bridged upgrade, served by codexbridge's listener", handler.client.peername)
+    return fast
+
+
+async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The request head at the start of the reader's buffer, left there; None as soon as the first bytes are not a
+    GET, or when the head does not come complete within HEAD_LIMIT bytes and HEAD_WAIT seconds."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]  # asyncio's buffer, read in place (checked at load)
+    try:
+        async with asyncio.timeout(HEAD_WAIT):
+            while True:
+                if buffer[:4] != b"GET "[:len(buffer)]:
+                    return None
+                end = buffer.find(b"\r\n\r\n")
+                if end >= 0:
+                    return bytes(buffer[:end + 4])
+                if len(buffer) > HEAD_LIMIT or reader.at_eof():
+                    return None
+                await reader._wait_for_data("codexbridge")  # type: ignore[attr-defined]  # asyncio's own wait for more bytes, nothing consumed (checked at load)
+    except (TimeoutError, RuntimeError, OSError):
+        return None
+
+
+def _bridged_request(head: bytes, mode: mode_specs.ReverseMode) -> http.Request | None:
+    """The request as mitmproxy's reverse proxy would make it, if it is a GET upgrade on the Codex path (else None)."""
+    line_end = head.find(b"\r\n")
+    target = head[4:line_end].rpartition(b" ")[0]
+    if target.partition(b"?")[0].rstrip(b"/") != taking.path or b"websocket" not in head.lower():
+        return None
+    try:
+        request = http1.read_request_head(_LINES.split(head[:-4]))
+        if http1.expected_http_body_size(request) != 0:
+            return None
+    except ValueError:
+        return None  # mitmproxy answers it (400)
+    scheme = mode.scheme
+    host, port = mode.address
+    request.data.host = host
+    request.data.port = port
+    request.scheme = scheme
+    if not ctx.options.keep_host_header:
+        request.host_header = url.hostport(scheme, host, port)
+    return request
+
+
+class _Watchdog:
+    """mitmproxy's inactivity timeout (tcp_timeout) for one connection, on one timer instead of a task."""
+
+    def __init__(self, timeout: float, on_timeout: Callable[[], None]) -> None:
+        self.timeout = timeout
+        self.on_timeout = on_timeout
+        self.blocker = 0
+        self.last_activity = time.time()
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(timeout, self._check)
+
+    def register_activity(self) -> None:
+        self.last_activity = time.time()
+
+    def _check(self) -> None:
+        left = self.last_activity + self.timeout - time.time()
+        if self.blocker or left > 0:
+            self._timer = asyncio.get_running_loop().call_later(max(left, 1.0), self._check)
+            return
+        self._timer = None
+        self.on_timeout()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class FastConnection:
+    """One bridged connection, served without mitmproxy's layers, tasks and locks. Where codexbridge and mitmproxy
+    reach the connection's handler (proxyserver.connections: the outbox, inject.websocket), they find mitmproxy's
+    handler with this one's watchdog, and its server_event comes here."""
+
+    def __init__(self, handler: Handler, mode: mode_specs.ReverseMode, flow_: http.HTTPFlow) -> None:
+        self.handler = handler
+        self.client = handler.client
+        self.context = context = handler.layer.context  # the connection's context (its layers are never run)
+        context.layers = []
+        self.context.server.address = mode.address
+        if mode.scheme == "https":  # as mitmproxy's reverse proxy and server TLS layers set it up
+            self.context.server.tls = True
+            if not ctx.options.keep_host_header:
+                self.context.server.sni = mode.address[0]
+        io = handler.transports[self.client]
+        self.writer: asyncio.StreamWriter = io.writer  # type: ignore[assignment]  # (a TCP listener's stream)
+        self.reader: asyncio.StreamReader = io.reader  # type: ignore[assignment]
+        self.flow = flow_
+        self.layer: Any = None
+
+    async def serve(self) -> None:
+        self.timeout_watchdog = self.handler.timeout_watchdog = _Watchdog(  # type: ignore[assignment]  # the same interface
+            ctx.options.tcp_timeout, self._timed_out)
+        self._lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        peer = {"client": self.client.peername}
+        mitmproxy_log.info("client connect", extra=peer)
+        try:
+            await self._hook(server_hooks.ClientConnectedHook(self.client))
+            if self.client.error:
+                self._close()
+            elif await self._answer():
+                await self._read()
+        finally:
+            self.timeout_watchdog.cancel()
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            self.handler.transports.pop(self.client, None)
+            self.client.state = connection.ConnectionState.CLOSED
+            mitmproxy_log.info("client disconnect", extra=peer)
+            self.client.timestamp_end = time.time()
+            await self._hook(server_hooks.ClientDisconnectedHook(self.client))
+
+    async def _answer(self) -> bool:
+        """The upgrade's hooks and answer, as mitmproxy's HTTP layer runs them for a response set by an addon;
+        True when the WebSocket layer took over."""
+        f = self.flow
+        f.request.timestamp_end = time.time()
+        for hook in (http_layers.HttpRequestHeadersHook(f), http_layers.HttpRequestHook(f)):
+            await self._hook(hook)
+            if await self._killed():
+                return False
+        self._response().timestamp_start = time.time()
+        await self._hook(http_layers.HttpResponseHeadersHook(f))
+        if await self._killed():
+            return False
+        response = self._response()
+        response.timestamp_end = time.time()
+        if (response.status_code == 101 and response.headers.get("upgrade", "").lower() == "websocket"
+                and f.request.headers.get("sec-websocket-version", "") == "13" and ctx.options.websocket):
+            f.websocket = WebSocketData()  # before the response hook, so that addons see a WebSocket follows
+        await self._hook(http_layers.HttpResponseHook(f))
+        if await self._killed():
+            return False
+        response = self._response()
+        self.writer.write(http1.assemble_response_head(response) + (response.raw_content or b""))
+        if response.status_code != 101 or not f.websocket:
+            # not the bridge's 101 (another addon answered or changed it): answered, then closed
+            f.live = False
+            self._close()
+            return False
+        self.layer = ws_layers.WebsocketLayer(self.context, f)  # codexbridge's layer (installed)
+        await self.server_event(events.Start())
+        return True
+
+    def _response(self) -> http.Response:
+        f = self.flow
+        if f.response is None:  # an addon took the bridge's answer back: as unanswered as mitmproxy would leave it
+            f.response = http.Response.make(502, b"codexbridge: the upgrade was left unanswered.\n")
+        return f.response
+
+    async def _killed(self) -> bool:
+        f = self.flow
+        if f.error is None or f.error.msg != flow.Error.KILLED_MESSAGE:
+            return False
+        await self._hook(http_layers.HttpErrorHook(f))
+        f.live = False
+        self._close()
+        return True
+
+    async def _read(self) -> None:
+        """Reads the client until the end (mitmproxy's handle_connection for one connection); once the layer reads
+        the socket itself (a DirectReader), this only waits for the end of the stream."""
+        reader, writer = self.reader, self.writer
+        while self.client.state & connection.ConnectionState.CAN_READ:
+            try:
+                data = await reader.read(65535)
+            except OSError:
+                break
+            if not data:
+                break
+            await self.server_event(events.DataReceived(self.client, data))
+            try:
+                await writer.drain()
+            except OSError:
+                break
+        if self.client.state is not connection.ConnectionState.CLOSED:
+            self.client.state &= ~connection.ConnectionState.CAN_READ
+        await self.server_event(events.ConnectionClosed(self.client))
+        if self.client.state & connection.ConnectionState.CAN_WRITE:
+            await self._closed.wait()  # the layer still writes (its close handshake) until it closes the connection
+
+    async def server_event(self, event: events.Event) -> None:
+        """mitmproxy's server_event for one connection: the layer's commands carried out in order, no await among
+        them; its hooks run after (the layer waits for their completion)."""
+        hooks: list[commands.StartHook] = []
+        async with self._lock:
+            self.timeout_watchdog.register_activity()
+            try:
+                for command in self.layer.handle_event(event):
+                    if isinstance(command, commands.SendData):
+                        if command.connection is self.client and not self.writer.is_closing():
+                            self.writer.write(command.data)
+                    elif isinstance(command, commands.CloseConnection):
+                        if command.connection is self.client:
+                            self._close()
+                    elif isinstance(command, commands.StartHook):
+                        hooks.append(command)
+                    elif isinstance(command, commands.Log):
+                        mitmproxy_log.log(command.level, command.message, extra={"client": self.client.peername})
+                    elif isinstance(command, commands.ConnectionCommand) and command.connection is not self.client:
+                        pass  # the bridged flow's server connection is never opened
+                    else:
+                        raise RuntimeError(f"Unexpected command: {command}")
+            except Exception:
+                log.exception("stage=bridge_error client=%s: the connection's layer failed", self.client.peername)
+        for hook in hooks:
+            await self._hook(hook)
+            if hook.blocking:
+                await self.server_event(events.HookCompleted(hook))
+
+    async def _hook(self, hook: commands.StartHook) -> None:
+        watchdog = self.timeout_watchdog
+        watchdog.blocker += 1
+        try:
+            (data,) = hook.args()
+            await ctx.master.addons.handle_lifecycle(hook)
+            if isinstance(data, flow.Flow):
+                await data.wait_for_resume()
+        finally:
+            watchdog.blocker -= 1
+            watchdog.register_activity()
+
+    def _close(self) -> None:
+        self.client.state = connection.ConnectionState.CLOSED
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.writer.close()  # what is buffered still goes out first
+        self.reader.feed_eof()  # ends the read loop, like mitmproxy's cancel of its reader task
+
+    def _timed_out(self) -> None:
+        mitmproxy_log.info(f"Closing connection due to inactivity: {self.client}", extra={"client": self.client.peername})
+        self.reader.feed_eof()  # the layer sees the end of the stream, as with mitmproxy's cancel
+
+
+def install() -> None:
+    """Idempotent: mitmproxy makes a Handler for each new connection from now on (also on the listeners it opened
+    before: it looks the class up per connection)."""
+    if "handler" not in _stock:
+        _stock["handler"] = mode_servers.ProxyConnectionHandler
+        mode_servers.ProxyConnectionHandler = Handler  # type: ignore[misc]  # replacing mitmproxy's handler class is how the fast path is installed (checked at load)
+
+
+def uninstall() -> None:
+    if "handler" in _stock:
+        mode_servers.ProxyConnectionHandler = _stock.pop("handler")  # type: ignore[misc]  # replacing mitmproxy's handler class is how the fast path is installed (checked at load)
+    taking.decide = None

@@ -1,0 +1,74 @@
+"""The listener's fast path in memory: which first requests it takes, that it reads without consuming, and that the
+internals check refuses a mitmproxy it could not run on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from mitmproxy.addons import proxyserver
+from mitmproxy.proxy import mode_servers, mode_specs
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.test import taddons
+
+from codexbridge.mitm import fastpath
+from codexbridge.mitm.compat import IncompatibleMitmproxy, check_internals
+
+UPGRADE = (b"GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+REVERSE = mode_specs.ProxyMode.parse("reverse:https://gateway.example:8443")
+
+
+@pytest.fixture(autouse=True)
+def _options() -> Iterator[None]:
+    with taddons.context(proxyserver.Proxyserver()):  # (its options: keep_host_header)
+        fastpath.take_upgrades("/v1/responses", lambda flow: True)
+        yield
+        fastpath.take_upgrades("/", None)
+
+
+def test_the_request_is_made_as_mitmproxys_reverse_proxy_makes_it() -> None:
+    request = fastpath._bridged_request(UPGRADE, REVERSE)  # type: ignore[arg-type]
+    assert request is not None
+    assert request.url == "https://gateway.example:8443/v1/responses"
+    assert request.headers["Host"] == "gateway.example:8443"  # keep_host_header is off
+    assert list(request.headers.keys())[0] == "Host"  # in its place
+
+
+@pytest.mark.parametrize("head", [
+    UPGRADE.replace(b"/v1/responses", b"/v1/other"),
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n"),
+    UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.1 junk"),
+])
+def test_other_requests_are_left_to_mitmproxy(head: bytes) -> None:
+    """(Whether an upgrade is one the bridge answers is the bridge's decision: would_bridge, tested end to end.)"""
+    assert fastpath._bridged_request(head, REVERSE) is None  # type: ignore[arg-type]
+
+
+def test_the_head_is_read_where_it_lies_and_left_there() -> None:
+    async def go() -> tuple[bytes | None, bytes | None, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(UPGRADE[:20])
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, reader.feed_data, UPGRADE[20:] + b"\x81\x00")
+        head = await fastpath._peek_head(reader)
+        other = asyncio.StreamReader()
+        other.feed_data(b"\x16\x03\x01\x02\x00")  # a TLS ClientHello: not ours, at once
+        return head, await fastpath._peek_head(other), await reader.read(1000)
+
+    head, tls, left = asyncio.run(go())
+    assert head == UPGRADE
+    assert tls is None
+    assert left == UPGRADE + b"\x81\x00"  # nothing consumed
+
+
+def test_the_internals_check_covers_what_the_fast_path_relies_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_internals()
+    monkeypatch.setattr(mode_servers.ServerInstance, "handle_stream", lambda self, reader, writer=None: None)
+    with pytest.raises(IncompatibleMitmproxy, match="no longer makes a ProxyConnectionHandler"):
+        check_internals()
+    monkeypatch.undo()
+    monkeypatch.delattr(http_layers, "HttpResponseHeadersHook")
+    with pytest.raises(IncompatibleMitmproxy, match="HttpResponseHeadersHook is missing"):
+        check_internals()
