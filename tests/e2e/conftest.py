@@ -1,4 +1,5 @@
-"""Process fixtures: one mock upstream (fresh state per test), one bridge and one WebSocket upstream per module."""
+"""Process fixtures: one mock upstream (fresh state per test), one bridge and one WebSocket upstream per module, one
+fresh install of the wheel per session."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.codex import Codex
+from support.fresh_install import FreshInstall, install_wheel
 from support.mitmdump import Mitmdump, start_mitmdump
 from support.upstream import Upstream, start_upstream
 
@@ -39,6 +41,12 @@ def bridge(module_tmp: Path, upstream: Upstream) -> Iterator[Mitmdump]:
 def _fresh_upstream(request: pytest.FixtureRequest) -> None:
     if "upstream" in request.fixturenames:
         request.getfixturevalue("upstream").reset()
+
+
+@pytest.fixture(scope="session")
+def fresh_install(tmp_path_factory: pytest.TempPathFactory) -> FreshInstall:
+    """codexbridge's wheel installed into a new venv outside the checkout, once per test session."""
+    return install_wheel(tmp_path_factory.mktemp("fresh-install"))
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ def turn(client: RawClient, text: str = "[[fault:plain]]", raw: bytes | None = N
     ("invalid UTF-8", frame(b'{"type":"response.create","model":"\xc3\x28"}'), 1007),
     ("RSV1 without an extension", frame(create("x").encode(), rsv=0b100), 1002),
     ("unmasked", frame(create("x").encode(), masked=False), 1002),
-])
+], ids=["invalid UTF-8", "RSV1", "unmasked"])  # the frames carry random masks: ids of their own keep them stable
 @pytest.mark.parametrize("after_a_turn", [False, True], ids=["first frame", "later frame"])
 def test_protocol_violations_close_with_their_code(fault_bridge: Mitmdump, what: str, data: bytes, code: int,
                                                    after_a_turn: bool) -> None:

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import venv
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from codexbridge.recording.schema import load
 from codexbridge.tools.procs import free_port, listening
 from support import ROOT, need
 from support.codex import codex_binary
+from support.fresh_install import FreshInstall
 from support.upstream import Upstream
 
 
@@ -274,17 +274,10 @@ def readme_examples() -> dict[str, str]:
     return {block.splitlines()[0].removeprefix("# "): block for block in blocks if block.startswith("# ")}
 
 
-@pytest.fixture(scope="session")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """codexbridge installed (not editable) with pytest and openai into a new venv, once per test session."""
-    home = tmp_path_factory.mktemp("fresh-venv")
-    venv.EnvBuilder(with_pip=True).create(home / "venv")
-    python = home / "venv" / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT), "pytest", "openai"],
-                             capture_output=True, text=True, timeout=900)
-    need(f"a package index to install codexbridge into a fresh venv ({install.stderr.strip()[-300:]})",
-         install.returncode == 0)
-    return python
+@pytest.fixture
+def fresh_venv(fresh_install: FreshInstall) -> Path:
+    """The python of a new venv outside the checkout with the wheel, pytest and openai installed (not editable)."""
+    return fresh_install.python
 
 
 @pytest.fixture
