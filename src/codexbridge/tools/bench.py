@@ -1471,11 +1471,11 @@ def build_targets(p: Params, results: dict[str, Any]) -> list[dict[str, Any]]:
     if paired.get("cost") is not None:
         kept = 1 - paired["cost"]
         add("metrics on, scraped every second: burst throughput (g vs the reference bridge, paired bursts)",
-            ">= 0.95 × without", kept, f"×{kept:.2f} ({paired['with_metrics_events_per_s']:,.0f} vs "
-            f"{paired['without_metrics_events_per_s']:,.0f} ev/s)", kept >= 0.95)
+            ">= 0.9 × without", kept, f"×{kept:.2f} ({paired['with_metrics_events_per_s']:,.0f} vs "
+            f"{paired['without_metrics_events_per_s']:,.0f} ev/s)", kept >= 0.9)
     for key, name, what, limit in (("d", "recording_cpu", "recording on: CPU of proxy + recording worker", 1.25),
                                    ("f", "tls_cpu", "client over TLS: proxy CPU", 1.3),
-                                   ("g", "metrics_cpu", "metrics on, scraped every second: proxy CPU", 1.05)):
+                                   ("g", "metrics_cpu", "metrics on, scraped every second: proxy CPU", 1.1)):
         paired = results.get(key, {}).get(name) or {}
         ratio = paired.get("ratio")
         if ratio is not None:
