@@ -197,7 +197,9 @@ def test_kill_9_under_load_keeps_every_frame_the_clients_received(module_tmp: Pa
     async def go() -> None:
         tasks = [asyncio.create_task(session(f"paced-{i}", 200, 20)) for i in range(10)]
         tasks += [asyncio.create_task(session(f"burst-{i}", 20_000, 0)) for i in range(10)]
-        await asyncio.sleep(3.0)
+        async with asyncio.timeout(60):  # kill under load: once the bursts have carried 60,000 frames
+            while sum(len(v) for k, v in received.items() if k.startswith("burst")) < 60_000:
+                await asyncio.sleep(0.05)
         workers.extend(child_pids(proxy.proc.pid))
         os.kill(proxy.proc.pid, signal.SIGKILL)
         async with asyncio.timeout(20):
