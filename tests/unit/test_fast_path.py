@@ -72,3 +72,25 @@ def test_the_internals_check_covers_what_the_fast_path_relies_on(monkeypatch: py
     monkeypatch.delattr(http_layers, "HttpResponseHeadersHook")
     with pytest.raises(IncompatibleMitmproxy, match="HttpResponseHeadersHook is missing"):
         check_internals()
+
+
+def test_the_head_is_read_as_mitmproxy_reads_it() -> None:
+    from mitmproxy.net.http import http1
+
+    lines = fastpath._LINES.split(UPGRADE[:-4])
+    ours, theirs = fastpath._read_head(lines), http1.read_request_head(lines)
+    assert ours is not None
+    ours.timestamp_start = theirs.timestamp_start
+    assert ours.get_state() == theirs.get_state()
+    assert fastpath._read_head([*lines[:2], b" continued", *lines[2:]]) is None  # mitmproxy reads the unusual ones
+
+
+def test_the_101_is_what_response_make_makes() -> None:
+    from mitmproxy import http
+
+    from codexbridge import mitm
+
+    fields = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", b"abc=")]
+    ours, theirs = mitm.switching_protocols(fields), http.Response.make(101, b"", fields)
+    ours.timestamp_start, ours.timestamp_end = theirs.timestamp_start, theirs.timestamp_end
+    assert ours.get_state() == theirs.get_state()

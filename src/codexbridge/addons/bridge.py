@@ -296,9 +296,7 @@ class CodexBridge(CodexAddon):
         plan = mitm.plan_of(flow)
         plan.hooks, plan.outbox, plan.message_hook = session, outbox, opts.codexbridge_message_hook
         flow.metadata["codexbridge"] = {"mode": "bridge", "upstream": upstream}
-        flow.response = http.Response.make(
-            101,
-            b"",
+        flow.response = mitm.switching_protocols(
             [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key).encode()),
              *((n.encode(), v.encode()) for n, v in self.upgrade_memory.upgrade_headers(upstream))],
         )

@@ -6,6 +6,7 @@ check_internals()
 
 from codexbridge.mitm.fastpath import take_upgrades  # noqa: E402
 from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402 - only once the internals are known to be there
+from codexbridge.mitm.messages import switching_protocols  # noqa: E402
 from codexbridge.mitm.outbox import ClientOutbox  # noqa: E402
 from codexbridge.mitm.plans import (  # noqa: E402
     BridgeHooks,
@@ -20,5 +21,6 @@ from codexbridge.mitm.plans import (  # noqa: E402
 
 __all__ = [
     "BridgeHooks", "ClientOutbox", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "check_internals",
-    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "take_upgrades", "uninstall",
+    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "switching_protocols", "take_upgrades",
+    "uninstall",
 ]

@@ -26,6 +26,8 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import websocket as ws_layers
 from mitmproxy.websocket import WebSocketData
 
+from codexbridge.mitm.messages import upgrade_request
+
 log = logging.getLogger("codexbridge.mitm")
 mitmproxy_log = logging.getLogger(server.__name__)  # the connection lines mitmproxy's own handler logs
 
@@ -152,12 +154,9 @@ def _bridged_request(head: bytes, mode: mode_specs.ReverseMode) -> http.Request 
     target = head[4:line_end].rpartition(b" ")[0]
     if target.partition(b"?")[0].rstrip(b"/") != taking.path or b"websocket" not in head.lower():
         return None
-    try:
-        request = http1.read_request_head(_LINES.split(head[:-4]))
-        if http1.expected_http_body_size(request) != 0:
-            return None
-    except ValueError:
-        return None  # mitmproxy answers it (400)
+    request = _read_head(_LINES.split(head[:-4]))
+    if request is None or http1.expected_http_body_size(request) != 0:
+        return None
     scheme = mode.scheme
     host, port = mode.address
     request.data.host = host
@@ -166,6 +165,24 @@ def _bridged_request(head: bytes, mode: mode_specs.ReverseMode) -> http.Request 
     if not ctx.options.keep_host_header:
         request.host_header = url.hostport(scheme, host, port)
     return request
+
+
+def _read_head(lines: list[bytes]) -> http.Request | None:
+    """What mitmproxy's http1.read_request_head makes of a plain origin-form GET head; None for anything less plain
+    (a continued or malformed header line, another method, form or version), which mitmproxy then reads itself."""
+    try:
+        method, target, version = lines[0].split()
+    except ValueError:
+        return None
+    if method != b"GET" or not target.startswith(b"/") or version != b"HTTP/1.1":
+        return None
+    fields = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or line[:1] in (b" ", b"\t"):
+            return None
+        fields.append((name, value.strip()))
+    return upgrade_request(method, target, http.Headers(fields), time.time())
 
 
 class _Watchdog:
