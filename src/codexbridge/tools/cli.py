@@ -410,11 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--burst", type=int, help="Deltas in the one-session burst (default 20000).")
     bench.add_argument("--repeats", type=int, help="First-event repeats over a warm connection (default 200).")
     bench.add_argument("--idle-hold", type=float, help="Seconds the idle sessions are held open (default 15).")
-    bench.add_argument("--only", help="Configurations to run, from a,b,c,d,e,f (default: all).")
+    bench.add_argument("--only", help="Configurations to run, from a,b,c,d,e,f,g (default: all).")
     bench.add_argument("--workloads", help="Workloads, from burst,paced,first,handshake,idle,storm (default: all).")
     bench.add_argument("--json", metavar="FILE", help="Where to write all figures (default: codexbridge-bench.json).")
-    bench.add_argument("--metrics", action="store_true", help="Run the bridge and passthrough proxies with "
-                       "codexbridge_metrics on (to compare with a run without).")
+    bench.add_argument("--metrics", action="store_true", help="Run every bridge and passthrough proxy with "
+                       "codexbridge_metrics on (configuration g already compares metrics on and off in one run).")
     bench.set_defaults(func=cmd_bench)
     cluster = sub.add_parser("cluster", help="Run N bridge workers behind nginx (least_conn, WebSocket-aware).")
     cluster.add_argument("--workers", type=int, default=2, help="mitmdump workers (default: %(default)s).")
