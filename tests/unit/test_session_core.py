@@ -373,6 +373,46 @@ async def test_with_drain_a_client_leaving_lets_the_upstream_run_to_its_end() ->
     assert b.client.types == ["response.created"]
 
 
+class Outcomes:
+    """The metrics addon's view: what the session says of each response's end."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str | None, bool]] = []
+
+    def response_ended(self, run: Any, client_gone: bool) -> None:
+        self.ended.append((run.tracker.terminal, client_gone))
+
+
+@in_loop
+async def test_a_client_that_leaves_after_its_answer_is_not_client_gone_though_the_read_is_cancelled() -> None:
+    b = Bridge()
+    b.session.meter = meter = Outcomes()
+    run = await b.started()
+    run.events(*completed_events("r1")[1:])  # the terminal event went out; the upstream body is not over yet
+    await turns()
+    b.client.leaves()
+    b.session.on_client_closed()
+    await turns()
+    assert meter.ended == [("response.completed", False)]
+
+
+@pytest.mark.parametrize("on_disconnect", ["cancel", "drain"])
+@in_loop
+async def test_a_client_that_leaves_before_the_terminal_event_is_client_gone_even_when_drained(
+        on_disconnect: str) -> None:
+    b = Bridge(on_disconnect=on_disconnect)
+    b.session.meter = meter = Outcomes()
+    run = await b.started()
+    b.client.leaves()
+    b.session.on_client_closed()
+    await turns()
+    if on_disconnect == "drain":
+        run.events(*completed_events("r1")[1:])
+        run.end()
+        await turns()
+    assert meter.ended == [("response.completed" if on_disconnect == "drain" else None, True)]
+
+
 @in_loop
 async def test_a_client_closing_in_the_same_read_as_its_create_ends_the_session() -> None:
     b = Bridge()

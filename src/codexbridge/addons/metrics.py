@@ -163,19 +163,19 @@ class FlowMeter:
             self.counts.response_ended("client_gone", started, first, now)
 
     def response_ended(self, run: ResponseRun, client_gone: bool) -> None:
-        """A bridged response is over (told by its session once, when its task ends). The terminal event decides:
-        the task reads the upstream body to its end after it, and a client that has its answer and leaves at once
-        cancels that read (client_gone is then true of a response that completed)."""
+        """A bridged response is over (told by its session once, when its task ends). client_gone: the client left
+        before its terminal event (a drained response completes later, still without that client); a client that
+        has its answer and leaves at once only cancels the read of the body's rest, and counts by its terminal."""
         c = self.counts
         if run.upstream_status is not None:
             c.bump(c.upstream_status, str(run.upstream_status))
         if run.error_frame is not None:
             c.error_frame(run.error_frame)
         terminal = run.tracker.terminal
-        if terminal is not None:
-            outcome = OUTCOMES.get(terminal, "error")
-        elif client_gone:
+        if client_gone:
             outcome = "client_gone"
+        elif terminal is not None:
+            outcome = OUTCOMES.get(terminal, "error")
         else:
             outcome = "error"  # an error frame: upstream error, timeout, truncated stream
         c.response_ended(outcome, run.started, run.first_event_at, time.monotonic())

@@ -88,6 +88,7 @@ class ResponseRun:
         self.failed_status: int | None = None  # status of the error frame this response ended with
         self.error_frame: bytes | None = None  # that error frame (for the metrics)
         self.upstream_status: int | None = None  # the upstream's answer, once its response head is in
+        self.client_left_first = False  # the client left before this response's terminal event (then drained)
         self.started = time.monotonic()
         self.first_event_at: float | None = None  # when its first event went to the client
         self.task: asyncio.Task[None] | None = None

@@ -153,6 +153,8 @@ class BridgeSession:
         for lane in self.lanes.values():
             lane.waiting.clear()
         live = [run for run in self.runs if run.task is not None and not run.task.done()]
+        for run in live:
+            run.client_left_first = run.tracker.terminal is None
         if not live:
             self._finish()
         elif self.config.on_disconnect == "drain":
@@ -278,7 +280,7 @@ class BridgeSession:
         if run.failed_status is not None:
             self.stats.errors += 1
         if self.meter is not None:
-            self.meter.response_ended(run, task.cancelled() or (self.client_gone and run.tracker.terminal is None))
+            self.meter.response_ended(run, run.client_left_first or (task.cancelled() and run.tracker.terminal is None))
         self.runs.discard(run)
         if not self.runs:
             self.channel.response_state(False)
