@@ -111,32 +111,17 @@ MATRIX = [
 ]
 
 
-def test_record_modes_each_with_the_recording_present_and_absent(tmp_path: Path, upstream: Upstream) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_seed.py").write_text(SDK_HELPERS + MATRIX_TEST.format(mode="once", state="seed", count=1))
-    seeded = run_pytest(project, "test_seed.py", "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
-    assert seeded.outcome("test_once_seed") == "passed", seeded.output
-    seed = project / "recordings" / "test_seed" / "test_once_seed.jsonl"
+def test_record_modes_each_with_the_recording_present_and_absent(shared: SharedRuns) -> None:
+    assert shared.recorded.outcome("test_once_seed") == "passed", shared.recorded.output
+    seed = shared.project / "recordings" / "test_seed" / "test_once_seed.jsonl"
     assert load(str(seed)).complete
-    folder = project / "recordings" / "test_matrix"
-    folder.mkdir()
-    tests = []
-    for mode, present, *_ in MATRIX:
-        state = "present" if present else "absent"
-        tests.append(MATRIX_TEST.format(mode=mode, state=state, count=2 if present else 1))
-        if present:
-            shutil.copyfile(seed, folder / f"test_{mode}_{state}.jsonl")
-    shutil.copyfile(seed, folder / "test_new_episodes_direct.jsonl")
-    (project / "test_matrix.py").write_text(SDK_HELPERS + "".join(tests) + DIRECT_TEST)
-    upstream.reset()
-
-    run = run_pytest(project, "test_matrix.py", f"--codexbridge-upstream={upstream.url}")
+    folder = shared.project / "recordings" / "test_matrix"
+    run = shared.changed
 
     for mode, present, outcome, network, files in MATRIX:
         name = f"test_{mode}_{'present' if present else 'absent'}"
         assert run.outcome(name) == outcome, (name, run.text(name))
-        assert reached(upstream, name[5:]) == network, name
+        assert shared.matrix_requests[name[5:]] == network, name
         recorded = sorted(p.name for p in folder.glob(f"{name}*.jsonl"))
         assert len(recorded) == files, (name, recorded)
         if present and mode in ("none", "once", "new_episodes"):
@@ -150,16 +135,15 @@ def test_record_modes_each_with_the_recording_present_and_absent(tmp_path: Path,
     appended = load(str(folder / "test_new_episodes_present.2.jsonl"))
     assert appended.header.mode == "http" and "question 1" in appended.events[0].model_dump_json()
     assert run.outcome("test_new_episodes_direct") == "passed", run.text("test_new_episodes_direct")
-    assert reached(upstream, "new_episodes_direct") == 1
+    assert shared.matrix_requests["new_episodes_direct"] == 1
     session = load(str(folder / "test_new_episodes_direct.2.jsonl"))  # the second connection, recorded whole
     assert session.header.mode == "bridge" and session.complete and "question 1" in session.model_dump_json()
 
-    upstream.reset()
-    offline = run_pytest(project, "test_matrix.py", "-k", "new_episodes or once_absent")
+    offline = shared.replayed  # no live upstream at all
     for name in ("test_new_episodes_present", "test_new_episodes_direct", "test_new_episodes_absent"):
         assert offline.outcome(name) == "passed", offline.text(name)
     assert offline.outcome("test_once_absent") == "passed", offline.text("test_once_absent")
-    assert upstream.stats()["requests"] == 0, "a replay reached the upstream"
+    assert shared.replayed_requests == 0, "a replay reached the upstream"
 
 
 DIVERGE = '''
@@ -168,23 +152,6 @@ def test_prompt(request, through):
     event = ask(request.getfixturevalue(through), "diverge", os.environ.get("PROMPT", "[[reply:fine]] how are you"))
     assert event.type == "response.completed", event
 '''
-
-
-def test_a_changed_request_fails_with_the_first_divergence_as_a_diff(tmp_path: Path, upstream: Upstream) -> None:
-    (tmp_path / "test_diverge.py").write_text(SDK_HELPERS + DIVERGE)
-    recorded = run_pytest(tmp_path, "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
-    assert recorded.returncode == 0, recorded.output
-    changed = run_pytest(tmp_path, env={"PROMPT": "[[reply:fine]] how are you today"})
-    for name, what in (("test_prompt[codexbridge_upstream]", "client frame #1 of the WebSocket session"),
-                       ("test_prompt[codexbridge_bridge]", "POST #1 to /v1/responses")):
-        assert changed.outcome(name) == "failure", changed.output
-        text = changed.text(name)
-        assert (f"First divergence: {what}: $.input: expected '[[reply:fine]] how are you', "
-                f"came '[[reply:fine]] how are you today'") in text, text
-        assert f"recording: recordings/test_diverge/{name}.jsonl" in text
-        assert "--- recorded\n+++ came" in text
-        assert '-  "input": "[[reply:fine]] how are you",\n+  "input": "[[reply:fine]] how are you today",' in text
-    assert run_pytest(tmp_path).returncode == 0, "the unchanged test still replays"
 
 
 SCRUB = '''
@@ -208,26 +175,6 @@ def test_scrubbed(request, through):
 '''
 
 
-def test_scrub_hooks_rewrite_the_recording_and_a_scrubbed_recording_still_matches(tmp_path: Path,
-                                                                                 upstream: Upstream) -> None:
-    (tmp_path / "test_scrub.py").write_text(SDK_HELPERS + SCRUB)
-    recorded = run_pytest(tmp_path, "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
-    assert recorded.returncode == 0, recorded.output
-    files = sorted((tmp_path / "recordings" / "test_scrub").glob("*.jsonl"))
-    assert len(files) == 2
-    for path in files:
-        text = path.read_text()
-        assert "ACME" not in text, f"{path.name} still names the customer"
-        assert "report for <customer>" in text and "write the report" in text
-        assert "sk-test-key-0123456789" not in text and "<redacted>" in text  # redaction stays on
-        assert load(str(path)).complete
-    assert any('"upstream_chunk"' in p.read_text() and "report for <customer>" in p.read_text() for p in files)
-    upstream.reset()
-    replayed = run_pytest(tmp_path)
-    assert replayed.returncode == 0, replayed.output  # live requests go through the same hook before comparing
-    assert upstream.stats()["requests"] == 0
-
-
 MATCHING = '''
 RUN = os.environ.get("RUN", "1")
 TURNS = int(os.environ.get("TURNS", "2"))
@@ -243,24 +190,121 @@ def test_lenient(codexbridge_bridge):
 '''
 
 
-def test_matching_options_per_test_and_for_the_whole_run(tmp_path: Path, upstream: Upstream) -> None:
-    (tmp_path / "test_matching.py").write_text(SDK_HELPERS + MATCHING)
-    recorded = run_pytest(tmp_path, "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
-    assert recorded.returncode == 0, recorded.output
+@dataclass
+class SharedRuns:
+    """One project holding the record-mode matrix and the divergence, scrubbing and matching tests, recorded once
+    and then run as each test here needs: one inner pytest run serves several of them (each generated test reads
+    only its own environment variables, and the options a run adds change nothing for the others)."""
 
-    other_run = run_pytest(tmp_path, env={"RUN": "2"})
+    project: Path
+    recorded: PytestRun  # seed, diverge, scrub, matching: --codexbridge-record-mode=once from the live upstream
+    recorded_requests: dict[str, int]  # requests of that run per generated test (its x-test header)
+    changed: PytestRun  # matrix with the live upstream; diverge and matching with PROMPT and RUN changed
+    matrix_requests: dict[str, int]  # requests of that run per matrix test
+    replayed: PytestRun  # diverge and scrub unchanged, the matrix's new_episodes and once_absent offline
+    replayed_requests: int  # requests that reached the live upstream in that run
+    ignored: PytestRun  # matching, RUN changed, --codexbridge-match-ignore=metadata.run
+    fewer: PytestRun  # matching, TURNS=1
+    later_requests: int  # requests of diverge, scrub and matching that reached the live upstream after recording
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> SharedRuns:
+    project = tmp_path_factory.mktemp("shared-project")
+    (project / "test_diverge.py").write_text(SDK_HELPERS + DIVERGE)
+    (project / "test_scrub.py").write_text(SDK_HELPERS + SCRUB)
+    (project / "test_matching.py").write_text(SDK_HELPERS + MATCHING)
+    (project / "test_seed.py").write_text(SDK_HELPERS + MATRIX_TEST.format(mode="once", state="seed", count=1))
+    ours = ("diverge", "scrub", "strict", "lenient")
+    upstream.reset()
+    recorded = run_pytest(project, "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
+    counts = {name: reached(upstream, name) for name in ours}
+
+    # the matrix: a present recording holds the seed's one turn
+    seed = project / "recordings" / "test_seed" / "test_once_seed.jsonl"
+    folder = project / "recordings" / "test_matrix"
+    folder.mkdir(parents=True)
+    tests = []
+    for mode, present, *_ in MATRIX:
+        state = "present" if present else "absent"
+        tests.append(MATRIX_TEST.format(mode=mode, state=state, count=2 if present else 1))
+        if present and seed.exists():
+            shutil.copyfile(seed, folder / f"test_{mode}_{state}.jsonl")
+    if seed.exists():
+        shutil.copyfile(seed, folder / "test_new_episodes_direct.jsonl")
+    (project / "test_matrix.py").write_text(SDK_HELPERS + "".join(tests) + DIRECT_TEST)
+
+    upstream.reset()
+    # diverge and matching run in record mode none: the live upstream is given for the matrix alone
+    changed = run_pytest(project, "test_matrix.py", "test_diverge.py", "test_matching.py",
+                         f"--codexbridge-upstream={upstream.url}",
+                         env={"PROMPT": "[[reply:fine]] how are you today", "RUN": "2"})
+    names = [f"{mode}_{'present' if present else 'absent'}" for mode, present, *_ in MATRIX]
+    matrix = {name: reached(upstream, name) for name in [*names, "new_episodes_direct"]}
+    later = sum(reached(upstream, name) for name in ours)
+    upstream.reset()
+    replayed = run_pytest(project, "test_diverge.py", "test_scrub.py", "test_matrix.py",
+                          "-k", "prompt or scrubbed or new_episodes or once_absent")
+    replayed_requests = upstream.stats()["requests"]
+    ignored = run_pytest(project, "test_matching.py", "--codexbridge-match-ignore=metadata.run", env={"RUN": "2"})
+    fewer = run_pytest(project, "test_matching.py", env={"TURNS": "1"})
+    later += upstream.stats()["requests"]
+    return SharedRuns(project, recorded, counts, changed, matrix, replayed, replayed_requests, ignored, fewer, later)
+
+
+def test_a_changed_request_fails_with_the_first_divergence_as_a_diff(shared: SharedRuns) -> None:
+    recorded, changed = shared.recorded, shared.changed
+    for name in ("test_prompt[codexbridge_upstream]", "test_prompt[codexbridge_bridge]"):
+        assert recorded.outcome(name) == "passed", recorded.output
+    for name, what in (("test_prompt[codexbridge_upstream]", "client frame #1 of the WebSocket session"),
+                       ("test_prompt[codexbridge_bridge]", "POST #1 to /v1/responses")):
+        assert changed.outcome(name) == "failure", changed.output
+        text = changed.text(name)
+        assert (f"First divergence: {what}: $.input: expected '[[reply:fine]] how are you', "
+                f"came '[[reply:fine]] how are you today'") in text, text
+        assert f"recording: recordings/test_diverge/{name}.jsonl" in text
+        assert "--- recorded\n+++ came" in text
+        assert '-  "input": "[[reply:fine]] how are you",\n+  "input": "[[reply:fine]] how are you today",' in text
+    for name in ("test_prompt[codexbridge_upstream]", "test_prompt[codexbridge_bridge]"):
+        assert shared.replayed.outcome(name) == "passed", "the unchanged test still replays"
+
+
+def test_scrub_hooks_rewrite_the_recording_and_a_scrubbed_recording_still_matches(shared: SharedRuns) -> None:
+    for name in ("test_scrubbed[codexbridge_upstream]", "test_scrubbed[codexbridge_bridge]"):
+        assert shared.recorded.outcome(name) == "passed", shared.recorded.output
+    files = sorted((shared.project / "recordings" / "test_scrub").glob("*.jsonl"))
+    assert len(files) == 2
+    for path in files:
+        text = path.read_text()
+        assert "ACME" not in text, f"{path.name} still names the customer"
+        assert "report for <customer>" in text and "write the report" in text
+        assert "sk-test-key-0123456789" not in text and "<redacted>" in text  # redaction stays on
+        assert load(str(path)).complete
+    assert any('"upstream_chunk"' in p.read_text() and "report for <customer>" in p.read_text() for p in files)
+    for name in ("test_scrubbed[codexbridge_upstream]", "test_scrubbed[codexbridge_bridge]"):
+        # live requests go through the same hook before comparing
+        assert shared.replayed.outcome(name) == "passed", shared.replayed.output
+    assert shared.later_requests == 0
+
+
+def test_matching_options_per_test_and_for_the_whole_run(shared: SharedRuns) -> None:
+    for name in ("test_strict", "test_lenient"):
+        assert shared.recorded.outcome(name) == "passed", shared.recorded.output
+
+    other_run = shared.changed
     assert other_run.outcome("test_strict") == "failure"
     assert "$.metadata.run: expected '1', came '2'" in other_run.text("test_strict")
     assert other_run.outcome("test_lenient") == "passed", other_run.text("test_lenient")
-    ignored = run_pytest(tmp_path, "--codexbridge-match-ignore=metadata.run", env={"RUN": "2"})
+    ignored = shared.ignored
     assert ignored.returncode == 0, ignored.output
 
-    fewer = run_pytest(tmp_path, env={"TURNS": "1"})
+    fewer = shared.fewer
     assert fewer.outcome("test_strict") == "failure"
     assert ("WebSocket session: recorded but never requested\n  recording: recordings/test_matching/test_strict.2.jsonl"
             in fewer.text("test_strict")), fewer.text("test_strict")
     assert fewer.outcome("test_lenient") == "passed", fewer.text("test_lenient")
-    assert upstream.stats()["requests"] == 4  # only the recording run
+    assert shared.recorded_requests["strict"] + shared.recorded_requests["lenient"] == 4
+    assert shared.later_requests == 0  # only the recording run
 
 
 # -- the README's examples, in a fresh venv outside the checkout ---------------------------------

@@ -110,7 +110,7 @@ def test_unknown_event_types_validate() -> None:
 items = st.lists(st.builds(msg, st.sampled_from(["user", "developer"]), st.text(max_size=5)), max_size=4)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(items, items), min_size=1, max_size=6))
 def test_delta_chain_equals_full_resend(turns: list[tuple[list[Any], list[Any]]]) -> None:
     """Sending only deltas with previous_response_id yields the same upstream inputs as full resends."""

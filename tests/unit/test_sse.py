@@ -67,7 +67,7 @@ def stream_and_splits(draw: st.DrawFn) -> tuple[bytes, list[SseEvent], list[int]
     return blob, expected, cuts
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(stream_and_splits())
 def test_any_split_yields_same_events(case: tuple[bytes, list[SseEvent], list[int]]) -> None:
     blob, expected, cuts = case
