@@ -54,8 +54,10 @@ pytestmark = pytest.mark.codex
 EXCLUSIONS = {
     "websocket-error-fallback": Exclusion(
         "websocket-error-fallback",
-        "After an error frame it does not retry over WebSocket (a 429 here), Codex falls back to HTTP for the "
-        "rest of the session and says so on stderr; its fallback POST reaches the upstream as its own request.",
+        "After an error it retries over WebSocket (a 5xx, a stream that broke, was cut, failed or went silent) "
+        "until stream_max_retries, or at once (a 429), Codex falls back to HTTP for the rest of the session, "
+        "says so on stderr and retries there from the start: the upstream gets the WebSocket attempts (bridged: "
+        "POSTs) and then HTTP mode's own POSTs, where HTTP mode sends only the latter.",
         re.compile(r"^stderr: warning: Falling back from WebSockets to HTTPS transport"),
     ),
     "accept-encoding": Exclusion(
@@ -64,7 +66,23 @@ EXCLUSIONS = {
         "carries no Accept-Encoding, so the bridge cannot know, and asks for none.",
         re.compile(r"^header accept-encoding: "),
     ),
+    # the two below only for the cases that name them (Case.allow): their patterns would hide too much elsewhere
+    "websocket-attempt-quota": Exclusion(
+        "websocket-attempt-quota",
+        "A WebSocket attempt that fails after its (empty) codex.rate_limits event leaves a token_count without "
+        "usage in the rollout; a failed HTTP attempt, whose answer headers say the same, leaves none.",
+        re.compile(r'^event_msg \{"info": null, "rate_limits": \{"credits": null, .*"primary": null, '
+                   r'.*"secondary": null, .*"type": "token_count"\}$'),
+    ),
+    "websocket-failed-output": Exclusion(
+        "websocket-failed-output",
+        "The output a response streamed before its response.failed stays in the rollout and on stderr when it "
+        "came over WebSocket (each failed attempt's message); over HTTP Codex drops it.",
+        re.compile(r'^(?:stderr: codex|stderr: hi from mock|.*"type": "AgentMessage".*'
+                   r'|response_item .*"text": "hi from mock".*)$'),
+    ),
 }
+_ALWAYS = ("websocket-error-fallback", "accept-encoding")
 
 
 def token_counts(result: CodexResult) -> list[dict[str, Any]]:
@@ -140,6 +158,14 @@ def expect_stderr(text: str, code: int = 0) -> Callable[[CodexResult], None]:
 class Case:
     scenario: Scenario
     expect: Callable[[CodexResult], None]
+    # after a fallback, the bridged session's warning (the WebSocket error that ended it) is the native one's
+    same_warning: bool = True
+    allow: tuple[str, ...] = ()  # EXCLUSIONS beyond _ALWAYS that this case may use
+
+
+_CLOSED = "stream disconnected before completion: stream closed before response.completed"
+_IMPATIENT = (("stream_idle_timeout_ms", 600),)  # Codex gives up on a silent stream after 0.6 s
+_QUOTA = ("websocket-attempt-quota",)
 
 
 CASES = [
@@ -156,6 +182,26 @@ CASES = [
     Case(Scenario("turn-metadata", ("run echo", "[[reply:again]] say more")), expect_turn_metadata),
     Case(Scenario("error-429-quota", ("[[error:429]] [[quota]] say hi",)),
          expect_stderr("429 Too Many Requests", code=1)),
+    # The failure paths (each directive holds for every retry, so every attempt fails): Codex retries
+    # (stream_max_retries = 1), over WebSocket then falls back to HTTP and retries there, as natively.
+    Case(Scenario("error-500", ("[[error:500]] say hi",)), expect_stderr("experiencing high demand", code=1)),
+    Case(Scenario("error-502", ("[[error:502]] say hi",)), expect_stderr("unexpected status 502 Bad Gateway", code=1)),
+    Case(Scenario("error-503-retry-after", ("[[error:503]] [[retry_after:1]] say hi",)),
+         expect_stderr("unexpected status 503 Service Unavailable", code=1)),
+    Case(Scenario("stream-truncated", ("[[truncate]] say hi",)), expect_stderr(_CLOSED, code=1), allow=_QUOTA),
+    # a native server that drops the connection shows as "Connection reset without closing handshake" in the
+    # fallback warning; the bridge closes the WebSocket (1011) instead, so that line names a close
+    Case(Scenario("stream-reset", ("[[reset]] say hi",)), expect_stderr("error decoding response body", code=1),
+         same_warning=False, allow=_QUOTA),
+    # an `error` event without a status: Codex ignores it; over HTTP the stream then ends and Codex retries at
+    # once, a native server leaves the socket open (Codex waits out its idle timeout); the bridge closes it,
+    # so bridged Codex retries at once as over HTTP, its fallback warning naming the close
+    Case(Scenario("sse-error-event", ("[[sse_error]] say hi",), provider=_IMPATIENT), expect_stderr(_CLOSED, code=1),
+         same_warning=False, allow=_QUOTA),
+    Case(Scenario("response-failed", ("[[failed]] say hi",)), expect_stderr("completion: mock failure", code=1),
+         allow=(*_QUOTA, "websocket-failed-output")),
+    Case(Scenario("idle-timeout", ("[[sleep:2]] say hi",), provider=_IMPATIENT),
+         expect_stderr("idle timeout waiting for SSE", code=1), allow=_QUOTA),
     Case(Scenario("compaction", ("say hi", "[[reply:second answer]] say more", "third"),
                   config="model_auto_compact_token_limit = 70", provider_name="OpenAI"), expect_compaction),
 ]
@@ -227,6 +273,7 @@ def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_p
     results[BRIDGED] = run_bridged(case, binary, tmp_path, upstream, bridge, results[HTTP], results[NATIVE])
     case.expect(results[BRIDGED])
 
+    active = [EXCLUSIONS[name] for name in (*_ALWAYS, *case.allow)]
     used: set[str] = set()
     native_shows: set[str] = set()
     failures = []
@@ -234,12 +281,27 @@ def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_p
         reference = normalise(results[HTTP])
         for leg in (BRIDGED, NATIVE):
             lines = normalise(results[leg])
-            for exclusion in EXCLUSIONS.values():
+            for exclusion in active:
                 if any(exclusion.pattern.search(line) for line in lines + reference):
                     (used if leg == BRIDGED else native_shows).add(exclusion.name)
-            pairs = compare(without(reference, list(EXCLUSIONS.values())), without(lines, list(EXCLUSIONS.values())))
+            pairs = compare(without(reference, active), without(lines, active))
             if pairs:
                 failures.append(f"{what}, {HTTP} vs {leg}:\n{explain(pairs, HTTP, leg)}")
+
+    # the WebSocket error that made Codex fall back, as its warning says it, is the one a native server gives
+    fallback = EXCLUSIONS["websocket-error-fallback"].pattern
+    warnings = {leg: without([line for line in normalise_output(results[leg]) if fallback.search(line)], [])
+                for leg in (BRIDGED, NATIVE)}
+    if case.same_warning and warnings[BRIDGED] != warnings[NATIVE]:
+        failures.append(f"fallback warning, {NATIVE} vs {BRIDGED}:\n{explain(compare(warnings[NATIVE], warnings[BRIDGED]), NATIVE, BRIDGED)}")
+
+    # where Codex falls back, its bridged session is its native one (but for the warning named above)
+    if "websocket-error-fallback" in used:
+        skip = [] if case.same_warning else [EXCLUSIONS["websocket-error-fallback"]]
+        for what, normalise in (("rollout", normalise_rollout), ("output", normalise_output)):
+            pairs = compare(without(normalise(results[NATIVE]), skip), without(normalise(results[BRIDGED]), skip))
+            if pairs:
+                failures.append(f"{what}, {NATIVE} vs {BRIDGED}:\n{explain(pairs, NATIVE, BRIDGED)}")
 
     # the POSTs: the bridge's must be HTTP mode's; after a fallback, Codex's own POSTs come on top, as natively
     http_posts = normalise_requests(results[HTTP])
@@ -258,13 +320,13 @@ def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_p
         used.add("websocket-error-fallback")
         if native_posts:
             native_shows.add("websocket-error-fallback")
-        renumbered = [re.sub(r"^--- POST \d+", "--- POST", line) for line in without(extra, list(EXCLUSIONS.values()))]
+        renumbered = [re.sub(r"^--- POST \d+", "--- POST", line) for line in without(extra, active)]
         native_fallback = [re.sub(r"^--- POST \d+", "--- POST", line)
-                           for line in without(native_posts, list(EXCLUSIONS.values()))]
+                           for line in without(native_posts, active)]
         pairs = compare(native_fallback, renumbered)
         if pairs:
             failures.append(f"fallback POSTs, {NATIVE} vs {BRIDGED}:\n{explain(pairs, NATIVE, BRIDGED)}")
-    pairs = compare(without(http_posts, list(EXCLUSIONS.values())), without(bridged_posts[:cut], list(EXCLUSIONS.values())))
+    pairs = compare(without(http_posts, active), without(bridged_posts[:cut], active))
     if pairs:
         failures.append(f"upstream POSTs, {HTTP} vs {BRIDGED}:\n{explain(pairs, HTTP, BRIDGED)}")
 

@@ -22,6 +22,8 @@ HTTP, BRIDGED, NATIVE = "http", "bridged", "native"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Ids the mock upstream and the bridge make (per run), and the mock's request ids.
 _MINTED = re.compile(r"\b(?:resp_mock_\d+|resp_cb_[0-9a-f]{32}|req_mock_\d+|(?:msg|fc|cmp)_[0-9a-f]{12}|call_[0-9a-f]{8})\b")
+# The base URL each leg's Codex was given (the upstream, the bridge, the native upstream), as Codex's errors name it.
+_LOOPBACK_URL = re.compile(r"\b(?:https?|wss?)://127\.0\.0\.1:\d+")
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}[-:]\d{2}[-:]\d{2}(?:\.\d+)?Z?")
 _TOOL_RUN = [(re.compile(r"Chunk ID: \w+"), "Chunk ID: <chunk>"),
              (re.compile(r"Wall time: [\d.]+ seconds"), "Wall time: <t> seconds"),
@@ -50,6 +52,7 @@ class Scenario:
     provider_name: str = "Local mock"  # "OpenAI" makes Codex use remote compaction (compaction_trigger)
     upgrade_headers: tuple[str, ...] = ()  # the native WebSocket upstream's 101 headers (NAME:VALUE)
     prime_bridge: bool = False  # run the bridged session twice and compare the second (what the bridge learns)
+    provider: tuple[tuple[str, Any], ...] = ()  # extra provider keys (stream_idle_timeout_ms, stream_max_retries)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class CodexLeg:
         work = Path(tempfile.mkdtemp(prefix="codex-work-", dir=self.tmp))
         provider = {"name": scenario.provider_name, "base_url": self.base_url, "env_key": "MOCK_API_KEY",
                     "wire_api": "responses", "request_max_retries": 0, "stream_max_retries": 1,
-                    "supports_websockets": self.websockets}
+                    "supports_websockets": self.websockets, **dict(scenario.provider)}
         quiet = quiet_codex_config(ROOT / "recordings" / "instructions.md", installed_version(str(self.binary)))
         (home / "config.toml").write_text(
             'model = "gpt-5.5"\nmodel_provider = "mock"\n' + scenario.config + "\n" + quiet
@@ -116,6 +119,7 @@ class Normaliser:
     def text(self, value: str) -> str:
         for path in self.paths:
             value = value.replace(path, "<path>")
+        value = _LOOPBACK_URL.sub("<base-url>", value)
         value = _UUID.sub(self._id, value)
         value = _MINTED.sub(self._id, value)
         value = _ISO_TIME.sub("<time>", value)

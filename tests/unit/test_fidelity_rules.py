@@ -224,3 +224,18 @@ def test_every_other_event_the_proxy_makes_is_strictly_valid() -> None:
         "response_not_found"
     stub = steering.required_input([{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}])
     assert strictly_valid(steering.pending(steer, stub, 9)).required_input[0].call_id == "c1"
+
+
+def test_the_demo_upstreams_failure_directives_used_by_the_parity_cases() -> None:
+    from codexbridge.tools.demo_upstream import events_for, plan_for, planned_error
+
+    def body(text: str) -> dict[str, Any]:
+        return {"model": "m", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]}
+
+    plan = plan_for(body("[[error:503]] [[retry_after:1.5]] hi"))
+    status, error, headers = planned_error(plan.error or 0, [("x-request-id", "req_1")], plan.retry_after)
+    assert status == 503 and error["error"]["type"] == "server_error" and ("retry-after", "1.5") in headers
+    assert ("retry-after", "1") not in planned_error(500, [])[2]  # only when asked (a 429 has its own)
+    events = list(events_for(plan_for(body("[[reset]] hi")), 1, "m", 1))
+    assert events[-1] is None and [e["type"] for e in events if isinstance(e, dict)][-1] == "response.output_text.delta"
+    assert plan_for(body("[[reset]] hi")).reset and not plan_for(body("[[truncate]] hi")).reset

@@ -54,13 +54,15 @@ class Steered(UpstreamError):
 
 class Downstream:
     """Where a session's frames go: emit() writes at once (one call per upstream read on the hot path);
-    send() also waits while the client is slower than what it is sent."""
+    send() also waits while the client is slower than what it is sent. `close`, for a Codex client only: how a
+    stream that ended before its terminal event reaches it (see ResponseRun.stream_failed)."""
 
     def __init__(self, emit: Callable[[list[bytes], bool], bool], congested: Callable[[], bool],
-                 drained: Callable[[], Awaitable[bool]]) -> None:
+                 drained: Callable[[], Awaitable[bool]], close: Callable[[int, str], None] | None = None) -> None:
         self.emit = emit  # False: the client is gone
         self.congested = congested
         self.drained = drained
+        self.close = close
 
     async def send(self, frames: list[bytes], synthetic: bool) -> None:
         if self.emit(frames, synthetic) and self.congested():
@@ -130,6 +132,22 @@ class ResponseRun:
         self.error_frame = frame
         await self._down.send(self.tagged([frame]), True)
 
+    async def stream_failed(self, frame: bytes) -> None:
+        """The upstream's event stream ended before a terminal event Codex acts on (it broke, went silent, was
+        cut, or ended after an `error` event). Over HTTP, Codex sees its stream end and retries; a Codex client
+        sees the same as from a native server: the WebSocket closes (1011) before response.completed, which
+        it retries the same way, where an error frame's status would read as an HTTP status the upstream never
+        answered. Any other client gets the error frame (the README's failure policy); `frame` is counted
+        either way."""
+        close = self._down.close
+        if close is None:
+            await self.error(frame)
+            return
+        self.failed_status = json.loads(frame).get("status")
+        self.error_frame = frame
+        message = json.loads(frame)["error"].get("message") or "upstream stream failed"
+        close(1011, _close_reason(message))
+
     def begin(self) -> None:
         """Writes the request at once when a kept-alive upstream connection is idle, so that the
         upstream starts working before this run's task and bookkeeping do; run() does the rest."""
@@ -192,15 +210,15 @@ class ResponseRun:
         except UpstreamTimeout:
             failure = "timeout mid-stream"
             if self.tracker.terminal is None:  # after the terminal event the client has its answer
-                await self.error(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
+                await self.stream_failed(error_frame(504, "upstream_timeout", "Upstream went silent mid-stream."))
         except UpstreamInvalidText as e:
             failure = f"invalid event: {e}"
             if self.tracker.terminal is None:
-                await self.error(error_frame(502, "upstream_invalid_utf8", str(e)))
+                await self.stream_failed(error_frame(502, "upstream_invalid_utf8", str(e)))
         except UpstreamError as e:
             failure = f"stream broke: {e}"
             if self.tracker.terminal is None:
-                await self.error(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
+                await self.stream_failed(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
         except asyncio.CancelledError:
             failure = "cancelled"
             raise
@@ -213,7 +231,12 @@ class ResponseRun:
             response.release()
             self._record_end(failure)
         if failure is None and streaming and self.tracker.terminal is None:
-            await self.error(error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event."))
+            await self.stream_failed(
+                error_frame(502, "upstream_stream_truncated", "Upstream stream ended before a terminal event."))
+        elif failure is None and self.tracker.terminal == "error" and self._down.close is not None:
+            # Codex ignores an `error` event without a status: over HTTP the end of the stream fails the request
+            # (and Codex retries); over WebSocket the socket must end too, else it waits out its idle timeout.
+            self._down.close(1011, "Upstream stream ended with an error event.")
 
     def _head(self, head: ResponseHead, conn: Connection) -> Sink | None:
         """Records the response head (once); an event stream's body goes straight to the relay."""
@@ -397,6 +420,12 @@ class ResponseRun:
     def _record_end(self, error: str | None) -> None:
         if self._recorder is not None:
             self._recorder.upstream_end(error)
+
+
+def _close_reason(message: str) -> str:
+    """A close frame's reason: at most 123 bytes of UTF-8 (RFC 6455 5.5)."""
+    data = message.encode()
+    return message if len(data) <= 123 else data[:120].decode("utf-8", "ignore") + "..."
 
 
 def _invalid_utf8(name: str, data: bytes) -> UpstreamInvalidText | None:

@@ -115,7 +115,8 @@ class BridgeSession:
         self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
         self._steer_ids = 0
         # every frame to the client, relayed or made here, leaves through _emit (runs reach it through downstream)
-        self.downstream = Downstream(self._emit, channel.congested, self._drained)
+        self.downstream = Downstream(self._emit, channel.congested, self._drained,
+                                     channel.close if self.codex_client else None)
 
     # -- client side ------------------------------------------------------------------------
 

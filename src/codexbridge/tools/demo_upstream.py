@@ -36,8 +36,8 @@ log = logging.getLogger("codexbridge.tools.demo_upstream")
 
 DEFAULT_TEXT = "hi from mock"
 DIRECTIVE = re.compile(r"\[\[([a-z_]+)(?::(.*?))?\]\]", re.DOTALL)
-_NUMERIC = ("error", "sleep", "delay_headers", "pace_ms", "deltas", "chunk")
-_FLAGS = ("truncate", "crlf", "comments", "done")
+_NUMERIC = ("error", "retry_after", "sleep", "delay_headers", "pace_ms", "deltas", "chunk")
+_FLAGS = ("truncate", "reset", "crlf", "comments", "done")
 _ENDS = ("failed", "incomplete", "sse_error")
 _ERRORS = {429: ("rate_limit_exceeded", "rate_limit_exceeded"), 400: ("invalid_request_error", "invalid_request_error"),
            401: ("invalid_request_error", "invalid_api_key")}
@@ -74,12 +74,14 @@ class Plan:
     deltas: list[str] = field(default_factory=lambda: [DEFAULT_TEXT])
     tool_call: bool = False
     error: int | None = None
+    retry_after: float | None = None  # a Retry-After header (seconds) on the error answer
     sleep: float = 0.0
     delay_headers: float = 0.0
     pace: float = 0.0
     chunk: int = 0
     end: str = "completed"  # or one of _ENDS
-    truncate: bool = False
+    truncate: bool = False  # the body ends cleanly after the first delta, with no terminal event
+    reset: bool = False  # the connection drops there instead (no end of the chunked body; natively no close frame)
     crlf: bool = False
     comments: bool = False
     done: bool = False
@@ -154,6 +156,7 @@ def plan_for(body: Any) -> Plan:
         elif name in _FLAGS:
             setattr(plan, name, True)
     plan.error = int(num["error"]) if "error" in num else None
+    plan.retry_after = num.get("retry_after")
     plan.sleep, plan.delay_headers = num.get("sleep", 0.0), num.get("delay_headers", 0.0)
     plan.pace = num.get("pace_ms", 0.0) / 1000
     plan.chunk = max(1, int(num["chunk"])) if "chunk" in num else 0
@@ -206,7 +209,7 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int, body: dict[str, A
         yield ev("response.function_call_arguments.delta", item_id=fid, output_index=0, delta=args)
         if plan.pace:  # the call stays open that long
             yield plan.pace
-        if plan.truncate:
+        if plan.truncate or plan.reset:
             yield None
             return
         yield ev("response.function_call_arguments.done", item_id=fid, output_index=0, arguments=args)
@@ -222,7 +225,7 @@ def events_for(plan: Plan, n: int, model: str, in_tokens: int, body: dict[str, A
             if i and plan.pace:
                 yield plan.pace
             yield ev("response.output_text.delta", **where, delta=delta, logprobs=[])
-            if plan.truncate:
+            if plan.truncate or plan.reset:
                 yield None
                 return
         part = {**part, "text": plan.text}
@@ -260,11 +263,14 @@ def input_tokens(items: Any) -> int:
     return count // 4
 
 
-def planned_error(error: int, rid: Headers) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-    """Status, JSON body and extra headers of an `[[error:CODE]]` answer (`rid`: the request id and answer headers)."""
+def planned_error(error: int, rid: Headers, retry_after: float | None = None) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """Status, JSON body and extra headers of an `[[error:CODE]]` answer (`rid`: the request id and answer headers;
+    `retry_after`: a Retry-After of that many seconds, as `[[retry_after:N]]` asks; a 429 always has one)."""
     code = error if 200 <= error <= 599 else 500
     etype, ecode = _ERRORS.get(code, ("server_error", "server_error"))
     extra = [*rid, ("retry-after", "1"), ("x-ratelimit-remaining-requests", "0")] if code == 429 else [*rid]
+    if retry_after is not None:
+        extra = [(n, v) for n, v in extra if n != "retry-after"] + [("retry-after", f"{retry_after:g}")]
     return code, _err(etype, ecode, f"mock error {code}"), extra
 
 
@@ -494,7 +500,7 @@ class MockUpstream:
             return await self._json(conn, writer, 400, _err("invalid_request_error", "invalid_json",
                                     "the body must be a JSON object"), rid)
         if plan.error is not None:
-            return await self._json(conn, writer, *planned_error(plan.error, rid))
+            return await self._json(conn, writer, *planned_error(plan.error, rid, plan.retry_after))
         events = events_for(plan, n, parsed.get("model") or "gpt-5.5", input_tokens(parsed.get("input")), parsed)
         self.active_streams += 1
         try:
@@ -510,6 +516,10 @@ class MockUpstream:
         sse = _Sse(conn, writer, plan)
         for ev in events:
             if ev is None:
+                if plan.reset:  # what was sent so far goes out, then the connection drops mid-body
+                    await sse.write(b"", flush=True)
+                    writer.transport.abort()
+                    raise ConnectionResetError("mock reset")
                 return await sse.close(done=False)
             await (sse.event(ev) if isinstance(ev, dict) else sse.pause(ev))
         await sse.close()
@@ -593,7 +603,8 @@ class MockUpstream:
             if plan.delay_headers:
                 await asyncio.sleep(plan.delay_headers)
             if plan.error is not None:
-                status, err, extra = planned_error(plan.error, [("x-request-id", f"req_mock_{n}"), *plan.headers])
+                status, err, extra = planned_error(plan.error, [("x-request-id", f"req_mock_{n}"), *plan.headers],
+                                                   plan.retry_after)
                 return peer.frame({"type": "error", "status": status, **err, "headers": dict(extra)})
             if is_codex_client((n, v) for n, v in peer.headers):  # Codex's events, for Codex only
                 for event in plan.ws_events:  # what the POST answer's headers say, as a native server sends it
@@ -607,6 +618,8 @@ class MockUpstream:
                         if ev["type"] == "response.completed":
                             peer.cache[ev["response"]["id"]] = [*body["input"], *ev["response"]["output"]]
                     elif ev is None:
+                        if plan.reset:  # dropped without a close frame
+                            return peer.writer.transport.abort()
                         return peer.send(CloseConnection(code=1011, reason="mock truncation"))
                     else:
                         await asyncio.sleep(ev)
