@@ -227,7 +227,7 @@ def test_every_other_event_the_proxy_makes_is_strictly_valid() -> None:
 
 
 def test_the_demo_upstreams_failure_directives_used_by_the_parity_cases() -> None:
-    from codexbridge.tools.demo_upstream import events_for, plan_for, planned_error
+    from codexbridge.tools.demo_upstream import events_for, healed, plan_for, planned_error
 
     def body(text: str) -> dict[str, Any]:
         return {"model": "m", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]}
@@ -239,3 +239,6 @@ def test_the_demo_upstreams_failure_directives_used_by_the_parity_cases() -> Non
     events = list(events_for(plan_for(body("[[reset]] hi")), 1, "m", 1))
     assert events[-1] is None and [e["type"] for e in events if isinstance(e, dict)][-1] == "response.output_text.delta"
     assert plan_for(body("[[reset]] hi")).reset and not plan_for(body("[[truncate]] hi")).reset
+    passing = plan_for(body("[[truncate]] [[failed]] [[fail_times:1]] hi"))
+    assert passing.fail_times == 1 and passing.prompt.endswith(" hi")
+    assert (healed(passing).truncate, healed(passing).end, healed(passing).text) == (False, "completed", passing.text)

@@ -15,7 +15,7 @@ import signal
 import ssl
 import time
 from collections.abc import Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import h11
@@ -36,7 +36,7 @@ log = logging.getLogger("codexbridge.tools.demo_upstream")
 
 DEFAULT_TEXT = "hi from mock"
 DIRECTIVE = re.compile(r"\[\[([a-z_]+)(?::(.*?))?\]\]", re.DOTALL)
-_NUMERIC = ("error", "retry_after", "sleep", "delay_headers", "pace_ms", "deltas", "chunk")
+_NUMERIC = ("error", "retry_after", "fail_times", "sleep", "delay_headers", "pace_ms", "deltas", "chunk")
 _FLAGS = ("truncate", "reset", "crlf", "comments", "done")
 _ENDS = ("failed", "incomplete", "sse_error")
 _ERRORS = {429: ("rate_limit_exceeded", "rate_limit_exceeded"), 400: ("invalid_request_error", "invalid_request_error"),
@@ -75,6 +75,8 @@ class Plan:
     tool_call: bool = False
     error: int | None = None
     retry_after: float | None = None  # a Retry-After header (seconds) on the error answer
+    fail_times: int | None = None  # the failure directives hold for this many requests of the prompt, then not
+    prompt: str = ""  # the last user message's text (what fail_times counts by)
     sleep: float = 0.0
     delay_headers: float = 0.0
     pace: float = 0.0
@@ -157,6 +159,7 @@ def plan_for(body: Any) -> Plan:
             setattr(plan, name, True)
     plan.error = int(num["error"]) if "error" in num else None
     plan.retry_after = num.get("retry_after")
+    plan.fail_times, plan.prompt = (int(num["fail_times"]) if "fail_times" in num else None), raw
     plan.sleep, plan.delay_headers = num.get("sleep", 0.0), num.get("delay_headers", 0.0)
     plan.pace = num.get("pace_ms", 0.0) / 1000
     plan.chunk = max(1, int(num["chunk"])) if "chunk" in num else 0
@@ -169,6 +172,12 @@ def plan_for(body: Any) -> Plan:
         plan.deltas = [w + " " for w in words[:n - 1]] + [" ".join(words[n - 1:])]
         plan.text = "".join(plan.deltas)
     return plan
+
+
+def healed(plan: Plan) -> Plan:
+    """The plan without its failure directives (error, truncate, reset, sleep, failed/incomplete/sse_error)."""
+    return replace(plan, error=None, truncate=False, reset=False, sleep=0.0,
+                   end="completed" if plan.end in _ENDS else plan.end)
 
 
 def events_for(plan: Plan, n: int, model: str, in_tokens: int, body: dict[str, Any] | None = None) -> Events:
@@ -346,6 +355,7 @@ class MockUpstream:
         self.upgrade_headers = list(upgrade_headers)  # on every 101 (what Codex reads only there: x-reasoning-included)
         self.ws_connections = self.ws_open = self.ws_pings_received = self.ws_pongs_received = 0
         self._counter = 0
+        self._failed: dict[str, int] = {}  # prompt -> requests it failed ([[fail_times:N]])
         self._log_path = log_requests
         self._log_file: IO[str] | None = None
         self._server: asyncio.Server | None = None
@@ -469,6 +479,7 @@ class MockUpstream:
             return await self._json(conn, writer, 200, self.requests)
         if (method, path) == ("POST", "/__mock/reset"):
             self.requests.clear()
+            self._failed.clear()
             self.upgrade_attempts = self.ws_connections = self.ws_pings_received = self.ws_pongs_received = 0
             return await self._json(conn, writer, 200, {"ok": True})
         if (method, path) == ("GET", "/__mock/stats"):
@@ -477,6 +488,17 @@ class MockUpstream:
                 "active_streams": self.active_streams, "ws_connections": self.ws_connections, "ws_open": self.ws_open,
                 "ws_pings_received": self.ws_pings_received, "ws_pongs_received": self.ws_pongs_received})
         await self._json(conn, writer, 404, _err("invalid_request_error", "not_found", f"no route for {method} {path}"))
+
+    def _transient(self, plan: Plan) -> Plan:
+        """`[[fail_times:N]]`: the prompt's failure directives hold for its first N requests (over either
+        transport), as a gateway's passing trouble does; later ones are answered normally."""
+        if plan.fail_times is None:
+            return plan
+        failed = self._failed.get(plan.prompt, 0)
+        if failed >= plan.fail_times:
+            return healed(plan)
+        self._failed[plan.prompt] = failed + 1
+        return plan
 
     def _record(self, record: dict[str, Any]) -> None:
         self.requests.append(record)
@@ -492,7 +514,7 @@ class MockUpstream:
             parsed = None
         self._record({"method": method, "path": target, "headers": headers, "json": parsed})
         self._counter += 1
-        n, plan = self._counter, plan_for(parsed)
+        n, plan = self._counter, self._transient(plan_for(parsed))
         rid = [("x-request-id", f"req_mock_{n}"), *plan.headers]
         if plan.delay_headers:
             await asyncio.sleep(plan.delay_headers)
@@ -598,7 +620,7 @@ class MockUpstream:
         body = {k: v for k, v in frame.items() if k not in WS_ONLY_KEYS}
         body.update(input=[*history, *(items if isinstance(items, list) else [])], stream=True)
         self._counter += 1
-        n, plan = self._counter, plan_for(body) if frame.get("generate") is not False else Plan(generate=False)
+        n, plan = self._counter, self._transient(plan_for(body)) if frame.get("generate") is not False else Plan(generate=False)
         try:
             if plan.delay_headers:
                 await asyncio.sleep(plan.delay_headers)
