@@ -89,12 +89,35 @@ class Handler(mode_servers.ProxyConnectionHandler):
 
     async def server_event(self, event: events.Event) -> None:
         fast = self.fast
-        if fast is None:
-            return await super().server_event(event)
-        await fast.server_event(event)
+        if fast is not None:
+            return await fast.server_event(event)
+        await super().server_event(event)
+        done = self.__dict__.get("_completed")
+        while done:  # hooks that completed inside that event: fed on now, in this loop turn
+            await super().server_event(events.HookCompleted(done.pop(0)))
+
+    async def hook_task(self, hook: commands.StartHook) -> None:
+        """mitmproxy's hook task, which its eager task factory runs at once, inside the server_event that started
+        it: a hook done without waiting would otherwise wait for that event's lock and go on a loop turn later,
+        one turn per hook (~10 for an upgrade over TLS, each as long as the loop's other work under load).
+        Not before the running hook: a connection accepted while mitmproxy still starts would reach addons not
+        configured yet (tlsconfig's request hook then fails, and mitmdump exits on that startup error)."""
+        await self.handle_hook(hook)
+        if not hook.blocking:
+            return
+        if self._server_event_lock.locked() and _started():  # (the lock is only held without an await: this runs
+            # inside that server_event)
+            self.__dict__.setdefault("_completed", []).append(hook)
+            return
+        await self.server_event(events.HookCompleted(hook))
 
 
 CLOSED_AT_ONCE: Any = object()
+
+
+def _started() -> bool:
+    proxyserver = ctx.master.addons.get("proxyserver")
+    return bool(getattr(proxyserver, "is_running", True))
 
 
 async def _take(handler: Handler) -> FastConnection | None:
