@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
     bench = sub.add_parser("bench", help="Benchmark direct, plain mitmproxy, bridge, bridge+recording, "
                            "passthrough and the bridge with a TLS client on loopback (one run, rich table, JSON).")
-    bench.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test well under a minute.")
+    bench.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every cell (about a minute).")
     bench.add_argument("--sessions", type=int, help="Concurrent paced sessions (default 200).")
     bench.add_argument("--idle", type=int, help="Idle sessions held open with pings (default 2000).")
     bench.add_argument("--burst", type=int, help="Deltas in the one-session burst (default 20000).")
