@@ -9,13 +9,11 @@ event and continues from it. The bridge ends the response as the server does: `r
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import os
 from typing import Any
 
 import pytest
 
+from support.appserver import AppServer
 from support.codex import Codex
 from support.mitmdump import Mitmdump
 from support.upstream import Upstream
@@ -27,64 +25,19 @@ LITE_MODEL = "gpt-6-sol"  # use_responses_lite in the catalog of the Codex versi
 
 async def steer_mid_turn(codex: Codex, prompt: str, steer: str, timeout: float = 90) -> list[dict[str, Any]]:
     """One app-server turn steered by the user at its first streamed text; returns the turn's notifications."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(codex.home), "CODEX_HOME": str(codex.home),
-           "MOCK_API_KEY": "sk-test-codexbridge", **codex.env}
-    proc = await asyncio.create_subprocess_exec(
-        codex.binary, "app-server", "--listen", "stdio://", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=codex.workdir, env=env, limit=1 << 24)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdout = proc.stdout
-    pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-    notes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    def send(obj: dict[str, Any]) -> None:
-        assert proc.stdin is not None
-        proc.stdin.write((json.dumps(obj) + "\n").encode())
-
-    async def reader() -> None:
-        async for line in stdout:
-            msg = json.loads(line)
-            if "id" in msg and ("result" in msg or "error" in msg):
-                pending.pop(msg["id"]).set_result(msg)
-            elif "id" in msg:
-                send({"id": msg["id"], "error": {"code": -32601, "message": "not supported"}})
-            else:
-                await notes.put(msg)
-
-    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        pending[key := next(ids)] = fut
-        send({"id": key, "method": method, "params": params})
-        answer = await fut
-        assert "error" not in answer, answer
-        return answer["result"]
-
-    ids = itertools.count(1)
     seen: list[dict[str, Any]] = []
-    read_task = asyncio.create_task(reader())
-    try:
-        async with asyncio.timeout(timeout):
-            await request("initialize", {"clientInfo": {"name": "codexbridge-tests", "version": "0"}})
-            send({"method": "initialized"})
-            thread = (await request("thread/start", {"cwd": str(codex.workdir), "ephemeral": True}))["thread"]
-            turn = (await request("turn/start", {"threadId": thread["id"],
-                                                 "input": [{"type": "text", "text": prompt}]}))["turn"]
-            while "delta" not in (note := await notes.get())["method"].lower():
-                seen.append(note)
-            await request("turn/steer", {"threadId": thread["id"], "expectedTurnId": turn["id"],
-                                         "input": [{"type": "text", "text": steer}]})
-            while not ((note := await notes.get())["method"] == "turn/completed"
-                       and note["params"]["turn"]["id"] == turn["id"]):
-                seen.append(note)
+    async with asyncio.timeout(timeout), AppServer(codex) as server:
+        thread = await server.start_thread()
+        turn = (await server.request("turn/start", {"threadId": thread["id"],
+                                                    "input": [{"type": "text", "text": prompt}]}))["turn"]
+        while "delta" not in (note := await server.notes.get())["method"].lower():
             seen.append(note)
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        read_task.cancel()
+        await server.request("turn/steer", {"threadId": thread["id"], "expectedTurnId": turn["id"],
+                                            "input": [{"type": "text", "text": steer}]})
+        while not ((note := await server.notes.get())["method"] == "turn/completed"
+                   and note["params"]["turn"]["id"] == turn["id"]):
+            seen.append(note)
+        seen.append(note)
     return seen
 
 
