@@ -143,9 +143,10 @@ class ResponseRun:
         if close is None:
             await self.error(frame)
             return
-        self.failed_status = json.loads(frame).get("status")
+        parsed = json.loads(frame)
+        self.failed_status = parsed.get("status")
         self.error_frame = frame
-        message = json.loads(frame)["error"].get("message") or "upstream stream failed"
+        message = parsed["error"].get("message") or "upstream stream failed"
         close(1011, _close_reason(message))
 
     def begin(self) -> None:
