@@ -221,7 +221,8 @@ class ResponseRun:
             if self.tracker.terminal is None:
                 await self.stream_failed(error_frame(502, "upstream_stream_error", f"Upstream stream broke: {e}"))
         except asyncio.CancelledError:
-            failure = "cancelled"
+            # After the terminal event the response is whole: only the stream's tail went unread.
+            failure = "cancelled" if self.tracker.terminal is None else None
             raise
         finally:
             self._stream = None
