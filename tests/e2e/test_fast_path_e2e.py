@@ -99,6 +99,10 @@ def ended(where: Path, metrics: int) -> bool:
             and recording is not None and '"kind":"complete"' in recording.read_text())
 
 
+def lines_paired(proxy: Mitmdump) -> bool:
+    return proxy.log.count("client connect") == proxy.log.count("client disconnect")
+
+
 async def settle(check: Any, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not check():
@@ -111,9 +115,12 @@ def test_a_bridged_upgrade_takes_the_fast_path_and_looks_the_same_as_through_mit
     for fast, (proxy, metrics, where) in proxies.items():
         frames = asyncio.run(session(proxy.port))
         asyncio.run(settle(functools.partial(ended, where, metrics)))
-        results[fast] = frames, scrape(metrics), normalised(where), flows(where), proxy.log.count(FAST)
+        asyncio.run(settle(functools.partial(lines_paired, proxy)))
+        results[fast] = (frames, scrape(metrics), normalised(where), flows(where), proxy.log.count(FAST),
+                         proxy.log.count("client connect"))
     on, off = results[True], results[False]
     assert on[4] == 1 and off[4] == 0  # the fast path served the upgrade only where it is on
+    assert on[5] == off[5] >= 1  # mitmproxy's connection lines, where they are shown (the start's port probe too)
     assert [json.loads(f)["type"] for f in on[0]] == [json.loads(f)["type"] for f in off[0]]
     assert on[1] == off[1]  # the same metrics, counter by counter
     assert on[1][("codexbridge_sessions_total", (("mode", "bridge"),))] == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from mitmproxy import exceptions, hooks
+from mitmproxy import log as mitmproxy_log
 from mitmproxy.addonmanager import AddonManager
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import taddons, tflow
@@ -98,3 +99,24 @@ def test_an_addon_added_or_removed_later_is_seen(mode: str) -> None:
 def test_hook_args_are_the_dataclass_fields(mode: str) -> None:
     flow = tflow.tflow()
     assert HttpRequestHook(flow).args() == [flow]
+
+
+def test_add_log_handler_passes_records_on_only_while_an_addon_implements_add_log() -> None:
+    class Listener:
+        def add_log(self, entry: Any) -> None:
+            pass
+
+    record = logging.LogRecord("x", logging.DEBUG, __file__, 1, "a debug line", None, None)
+    with taddons.context() as tctx:
+        dispatch.install()  # (after the master: its add_log handler exists now)
+        try:
+            handler = next(h for h in logging.getLogger().handlers if isinstance(h, mitmproxy_log.LegacyLogEvents))
+            assert not dispatch.heard(handler) and not handler.filter(record)
+            listener = Listener()
+            tctx.master.addons.add(listener)
+            assert dispatch.heard(handler) and handler.filter(record)
+            tctx.master.addons.remove(listener)
+            assert not handler.filter(record)
+        finally:
+            dispatch.uninstall()
+        assert handler.filter(record)  # mitmproxy's own behaviour again

@@ -49,6 +49,7 @@ def check_internals() -> None:
     if not hasattr(server.ConnectionHandler, "server_event") or "transports" not in getattr(server.ConnectionHandler, "__annotations__", {}):
         problems.append("ConnectionHandler.server_event/transports are missing")
     problems += _fast_path_problems()
+    problems += _lighter_session_problems()
     if problems:
         raise IncompatibleMitmproxy(
             f"codexbridge cannot run on mitmproxy {mitmproxy.version.VERSION}: " + "; ".join(problems)
@@ -95,8 +96,10 @@ def _fast_path_problems() -> list[str]:
     if getattr(flow.Error, "KILLED_MESSAGE", None) is None:
         problems.append("flow.Error.KILLED_MESSAGE is missing")
     reader = asyncio.StreamReader
-    if not callable(getattr(reader, "_wait_for_data", None)) or "_buffer" not in inspect.getsource(reader.__init__):
-        problems.append("asyncio.StreamReader._buffer/_wait_for_data (read in place by the fast path) are missing")
+    source = inspect.getsource(reader.__init__)
+    if not callable(getattr(reader, "_wait_for_data", None)) or "_buffer" not in source or "_transport" not in source:
+        problems.append("asyncio.StreamReader._buffer/_transport/_wait_for_data (read in place by the fast path) are "
+                        "missing")
     from mitmproxy.addons import tlsconfig
     from mitmproxy.net import tls as net_tls
     from OpenSSL import SSL
@@ -108,4 +111,47 @@ def _fast_path_problems() -> list[str]:
             problems.append(f"mitmproxy's tlsconfig no longer makes its contexts with net_tls.{name}")
     if not callable(getattr(SSL._lib, "SSL_CTX_set_mode", None)) or not hasattr(SSL._lib, "SSL_MODE_RELEASE_BUFFERS"):
         problems.append("pyOpenSSL's binding lacks SSL_CTX_set_mode/SSL_MODE_RELEASE_BUFFERS")
+    return problems
+
+
+def _lighter_session_problems() -> list[str]:
+    """What tls.py (one parsed certificate and key per certificate, fresh memory BIOs) and layer.py (the layers'
+    event queues) rely on in mitmproxy and pyOpenSSL."""
+    import re
+
+    from mitmproxy.addons import tlsconfig
+    from mitmproxy.proxy import layer
+    from mitmproxy.proxy.layers import http as http_layers
+    from OpenSSL import SSL, crypto
+
+    problems = []
+    start_client = inspect.getsource(tlsconfig.TlsConfig.tls_start_client)
+    for call in ("ssl_conn.use_certificate(", "ssl_conn.use_privatekey("):
+        if call not in start_client:
+            problems.append(f"mitmproxy's tlsconfig no longer calls {call.rstrip('(')} on its client connections")
+    connection_init = inspect.getsource(SSL.Connection.__init__)
+    for name in ("use_certificate", "use_privatekey"):
+        if not callable(getattr(SSL.Connection, name, None)):
+            problems.append(f"pyOpenSSL's Connection.{name} is missing")
+    for attribute in ("_ssl", "_into_ssl", "_from_ssl"):
+        if f"self.{attribute} =" not in connection_init:
+            problems.append(f"pyOpenSSL's Connection.{attribute} is missing")
+    if not callable(getattr(crypto.X509, "from_cryptography", None)) or "_x509" not in inspect.getsource(crypto.X509):
+        problems.append("pyOpenSSL's X509.from_cryptography/_x509 are missing")
+    if not callable(getattr(crypto.PKey, "from_cryptography_key", None)) or "_pkey" not in inspect.getsource(crypto.PKey):
+        problems.append("pyOpenSSL's PKey.from_cryptography_key/_pkey are missing")
+    if not callable(getattr(SSL, "_raise_current_error", None)) or not callable(
+            getattr(SSL.Context, "_raise_passphrase_exception", None)):
+        problems.append("pyOpenSSL's _raise_current_error/Context._raise_passphrase_exception are missing")
+    for name in ("SSL_use_certificate", "SSL_use_PrivateKey", "SSL_set_bio", "BIO_new", "BIO_s_mem", "BIO_free",
+                 "BIO_get_mem_data"):
+        if not callable(getattr(SSL._lib, name, None)):
+            problems.append(f"pyOpenSSL's binding lacks {name}")
+    try:
+        layer_init = inspect.getsource(layer.Layer.__init__)
+        uses = set(re.findall(r"_paused_event_queue\.(\w+)", inspect.getsource(layer) + inspect.getsource(http_layers)))
+    except (OSError, TypeError):
+        layer_init, uses = "", set()
+    if "self._paused_event_queue = " not in layer_init or not uses <= {"append", "popleft"}:
+        problems.append("mitmproxy's Layer._paused_event_queue is no longer a queue used with append and popleft only")
     return problems

@@ -9,7 +9,8 @@ looked up again whenever an addon is added or removed. Each top-level addon's ha
 mitmproxy's own `safecall` (an error is logged and the next addon runs; AddonHalt stops the pass), awaitables are
 awaited, and the hook's arguments are read once per pass. The synchronous pass (configure, and one per log record for the
 deprecated add_log hook) works the same way. An addon that grows a hook method after it was loaded
-is not seen until the next addon is added or removed.
+is not seen until the next addon is added or removed. mitmproxy's handler for add_log formats every log record
+(debug ones too) and wakes the loop to pass it on: while no addon implements add_log, it is skipped.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import logging
 import types
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, hooks
+from mitmproxy import log as mitmproxy_log
 
 _stock: dict[str, Any] = {}
 _generation = itertools.count(1)
@@ -90,6 +93,30 @@ def trigger(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
             return
 
 
+class _OnlyWhenHeard(logging.Filter):
+    """On mitmproxy's handler for the deprecated add_log hook: a record goes on only while an addon implements it."""
+
+    def __init__(self, manager: addonmanager.AddonManager) -> None:
+        super().__init__()
+        self.manager = manager
+
+    def heard(self) -> bool:
+        return bool(_handlers(self.manager, "add_log"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.heard()
+
+
+def heard(handler: logging.Handler) -> bool:
+    """Whether a log handler passes records on (False for add_log's while no addon implements that hook)."""
+    return not any(isinstance(f, _OnlyWhenHeard) and not f.heard() for f in handler.filters)
+
+
+def _legacy_log_handlers() -> list[logging.Handler]:
+    legacy = getattr(mitmproxy_log, "LegacyLogEvents", None)
+    return [h for h in logging.getLogger().handlers if legacy is not None and isinstance(h, legacy)]
+
+
 def hook_args(self: hooks.Hook) -> list[Any]:
     names = _ARG_NAMES.get(type(self))
     if names is None:
@@ -125,6 +152,10 @@ def install() -> None:
     addonmanager.AddonManager.trigger = trigger  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     hooks.Hook.args = hook_args  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
     _changed()
+    for handler in _legacy_log_handlers():
+        manager = getattr(getattr(handler, "master", None), "addons", None)
+        if isinstance(manager, addonmanager.AddonManager):
+            handler.addFilter(_OnlyWhenHeard(manager))
 
 
 def uninstall() -> None:
@@ -133,5 +164,8 @@ def uninstall() -> None:
     for name in ("trigger_event", "trigger", "register", "remove", "clear", "add"):
         setattr(addonmanager.AddonManager, name, _stock[name])
     hooks.Hook.args = _stock["args"]  # type: ignore[method-assign]  # installing codexbridge's replacement on mitmproxy's class is the point (checked at load)
+    for handler in _legacy_log_handlers():
+        for f in [f for f in handler.filters if isinstance(f, _OnlyWhenHeard)]:
+            handler.removeFilter(f)
     _stock.clear()
     _changed()

@@ -26,6 +26,7 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import websocket as ws_layers
 from mitmproxy.websocket import WebSocketData
 
+from codexbridge.mitm import dispatch
 from codexbridge.mitm.messages import upgrade_request
 
 log = logging.getLogger("codexbridge.mitm")
@@ -128,8 +129,8 @@ async def _take(handler: Handler) -> FastConnection | None:
     io = handler.transports.get(handler.client)
     reader = io.reader if io is not None else None
     if (decide is None or not isinstance(reader, asyncio.StreamReader) or not isinstance(mode, mode_specs.ReverseMode)
-            or mode.scheme not in ("http", "https")):
-        return None
+            or mode.scheme not in ("http", "https") or not _started()):
+        return None  # (until mitmproxy has started, its own handler serves: an error logged before then stops mitmdump)
     head = await _peek_head(reader)
     if head is None and reader.at_eof() and not reader._buffer:  # type: ignore[attr-defined]  # (checked at load)
         return CLOSED_AT_ONCE
@@ -166,9 +167,40 @@ async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
                     return bytes(buffer[:end + 4])
                 if len(buffer) > HEAD_LIMIT or reader.at_eof():
                     return None
+                if not buffer and _read_now(reader):
+                    continue
                 await reader._wait_for_data("codexbridge")  # type: ignore[attr-defined]  # asyncio's own wait for more bytes, nothing consumed (checked at load)
     except (TimeoutError, RuntimeError, OSError):
         return None
+
+
+def _read_now(reader: asyncio.StreamReader) -> bool:
+    """Reads the socket now, as the loop would when it is readable: True when that brought bytes or the end.
+
+    A new connection's first bytes are usually in the kernel already when its handler starts (the client sent its
+    request right after connecting): read now, the upgrade is answered in this loop turn instead of two turns later,
+    each as long as the loop's other work under load."""
+    transport = reader._transport  # type: ignore[attr-defined]  # (checked at load)
+    read_ready = getattr(transport, "_read_ready", None)
+    if read_ready is None or transport.is_closing():
+        return False
+    read_ready()
+    return bool(reader._buffer) or reader.at_eof()  # type: ignore[attr-defined]  # (checked at load)
+
+
+def _shown(logger: logging.Logger, level: int) -> bool:
+    """Whether a record at `level` from `logger` would reach a handler that takes that level: mitmproxy's per
+    connection lines cost a record each (the caller's frame found, the time taken) even when `-q` drops them."""
+    if not logger.isEnabledFor(level):
+        return False
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(level >= handler.level and dispatch.heard(handler) for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return logging.lastResort is not None and level >= logging.lastResort.level
 
 
 def _bridged_request(head: bytes, mode: mode_specs.ReverseMode) -> http.Request | None:
@@ -262,7 +294,9 @@ class FastConnection:
         self._lock = asyncio.Lock()
         self._closed = asyncio.Event()
         peer = {"client": self.client.peername}
-        mitmproxy_log.info("client connect", extra=peer)
+        shown = _shown(mitmproxy_log, logging.INFO)
+        if shown:
+            mitmproxy_log.info("client connect", extra=peer)
         try:
             await self._hook(server_hooks.ClientConnectedHook(self.client))
             if self.client.error:
@@ -275,7 +309,8 @@ class FastConnection:
                 self.writer.close()
             self.handler.transports.pop(self.client, None)
             self.client.state = connection.ConnectionState.CLOSED
-            mitmproxy_log.info("client disconnect", extra=peer)
+            if shown:
+                mitmproxy_log.info("client disconnect", extra=peer)
             self.client.timestamp_end = time.time()
             await self._hook(server_hooks.ClientDisconnectedHook(self.client))
 
