@@ -78,6 +78,8 @@ async def workload(name: str, cfg_key: str, port: int, params: Params, rounds: i
                 await runner.storm(cfg, port, None)
             elif name == "burst":
                 await runner.burst(cfg, port, None)
+            elif name == "first":  # turns of one delta on one warm connection
+                await runner.first(cfg, port)
             elif name == "connect":  # sequential upgrades on an idle proxy: the connection path alone
                 for _ in range(params.sessions):
                     client, _ = await WsClient.connect(port, tls=cfg.tls)
@@ -135,7 +137,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=("c", "d", "e", "f"), default="c")
-    ap.add_argument("--workload", choices=("paced", "handshake", "storm", "burst", "connect"), default="paced")
+    ap.add_argument("--workload", choices=("paced", "handshake", "storm", "burst", "first", "connect"), default="paced")
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--burst", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=2)
