@@ -73,6 +73,23 @@ def test_idle_pings_answered_keep_the_connection(pinging: Mitmdump) -> None:
     assert "stage=downstream_ping_ok" in pinging.log
 
 
+def test_idle_pings_over_tls_keep_the_session_working(pinging: Mitmdump) -> None:
+    """Over TLS, a ping finds the connection idle and gives it fresh memory BIOs: the session goes on unchanged."""
+    async def go() -> None:
+        ws = await RawWebSocket.connect(pinging.port, tls=True)
+        await ws.send_json(create("[[deltas:400]] a burst"))
+        assert (await until_terminal(ws))[-1]["type"] == "response.completed"
+        await asyncio.sleep(4.6)
+        assert len(ws.pings) >= 2 and ws.close_code is None
+        await ws.send_json(create("[[deltas:400]] again"))
+        events = await until_terminal(ws)
+        assert events[-1]["type"] == "response.completed"
+        assert sum(e["type"] == "response.output_text.delta" for e in events) == 400
+        await ws.close()
+
+    asyncio.run(go())
+
+
 def test_client_ping_is_answered_by_the_bridge(pinging: Mitmdump) -> None:
     async def go() -> None:
         ws = await RawWebSocket.connect(pinging.port)

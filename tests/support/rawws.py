@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,13 @@ class RawWebSocket:
 
     @classmethod
     async def connect(cls, port: int, path: str = "/v1/responses", headers: dict[str, str] | None = None,
-                      answer_pings: bool = True) -> RawWebSocket:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                      answer_pings: bool = True, tls: bool = False) -> RawWebSocket:
+        """`tls`: TLS to the proxy, without certificate checks (it shows a certificate mitmproxy made)."""
+        context = None
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         writer.write(ws.send(wsproto.events.Request(host=f"127.0.0.1:{port}", target=path, extra_headers=extra)))

@@ -77,6 +77,7 @@ class KeepaliveDriver:
         outbox = self.outbox
         for action in self.state.due(self.loop.time()):
             if action is Action.PING:
+                outbox.idle()
                 outbox.send(control=wse.Ping(self.state.ping_payload))
             elif action is Action.TEXT:
                 log.debug("stage=text_keepalive client=%s", self.peer)

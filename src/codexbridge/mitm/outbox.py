@@ -13,6 +13,7 @@ from OpenSSL import SSL
 
 from codexbridge.mitm.channel import FlowConnections
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
+from codexbridge.mitm.tls import shed_bios
 from codexbridge.wire.wsframes import encode_text_frame
 
 if TYPE_CHECKING:
@@ -138,6 +139,12 @@ class ClientOutbox:
         socket), and both run on the one event loop, so records reach the socket in the order they were made.
         Saves a layer pass per write (a task and the whole layer stack) on the bridge's busiest path."""
         self.tls = tls
+
+    def idle(self) -> None:
+        """The client connection is quiet (a keepalive ping is due): a TLS connection's memory BIOs start afresh,
+        instead of keeping the size of the most they ever held (tls.shed_bios)."""
+        if self.tls is not None:
+            shed_bios(self.tls)
 
     def _encrypt_to(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
         tls = self.tls
