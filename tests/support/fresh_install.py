@@ -21,6 +21,11 @@ IMPORT_ALL = (
     "print('imported')\n"
 )
 
+# What mitmdump, the CLI, the demo upstream and a pytest run with the plugin and the OpenAI SDK import.
+WARM = ("import mitmproxy.tools.main, mitmproxy.tools.dump, codexbridge.tools.cli, codexbridge.tools.demo_upstream,"
+        " codexbridge.testing.plugin, openai, pytest, _pytest.junitxml\n"
+        "openai.OpenAI(api_key='sk-none').responses.connect\n")
+
 
 @dataclass(frozen=True)
 class FreshInstall:
@@ -42,7 +47,9 @@ def run(cmd: list[str | Path], cwd: Path, env: dict[str, str], timeout: float) -
 def install_wheel(home: Path) -> FreshInstall:
     """Builds the wheel, installs it into home/venv, checks its imports, then adds pytest and openai (the plugin's
     users have them); one install serves every test that needs the package outside the checkout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    # PYTHONDONTWRITEBYTECODE too: the installed modules compile on first import (pip --no-compile below)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")}
     source = home / "source"  # a copy: building in the checkout would leave build/ and egg-info behind
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for part in ("src", "addons"):
@@ -56,10 +63,16 @@ def install_wheel(home: Path) -> FreshInstall:
     elsewhere.mkdir()
     venv = home / "venv"
     base_python = getattr(sys, "_base_executable", None) or shutil.which("python3.13") or sys.executable
-    run([base_python, "-m", "venv", venv], elsewhere, env, 120)
+    # pip installs into the venv from outside it (--python), as a pip inside it would, without the seconds of
+    # bootstrapping a pip of its own; and compiles nothing (most of the files are never imported): WARM compiles
+    # what the tests' processes import, once, for them all (they may run with PYTHONDONTWRITEBYTECODE)
+    run([base_python, "-m", "venv", "--without-pip", venv], elsewhere, env, 120)
     python = venv / "bin" / "python"
-    run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel], elsewhere, env, 900)
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--disable-pip-version-check",
+           "--no-compile"]
+    run([*pip, wheel], elsewhere, env, 900)
     imports = subprocess.run([str(python), "-c", IMPORT_ALL], cwd=elsewhere, env=env, capture_output=True,
                              text=True, timeout=120)
-    run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest", "openai"], elsewhere, env, 900)
+    run([*pip, "pytest", "openai"], elsewhere, env, 900)
+    run([python, "-c", WARM], elsewhere, env, 120)
     return FreshInstall(venv, python, imports, env)
