@@ -10,6 +10,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,14 @@ class PytestRun:
 
 
 def run_pytest(project: Path, *args: str, python: str = sys.executable, env: dict[str, str] | None = None,
-               timeout: float = 300) -> PytestRun:
-    """pytest in `project` as its own rootdir, one outcome per test from its JUnit XML."""
-    report = project / "junit.xml"
+               timeout: float = 300, name: str = "run") -> PytestRun:
+    """pytest in `project` as its own rootdir, one outcome per test from its JUnit XML; runs at the same time in
+    the same project need names of their own."""
+    report = project / f"junit-{name}.xml"
     proc = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
-                           f"--junitxml={report}", f"--basetemp={project / '.pytest-tmp'}", *args], cwd=project, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                           f"--junitxml={report}", f"--basetemp={project / f'.pytest-tmp-{name}'}", *args],
+                          cwd=project, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     outcomes: dict[str, tuple[str, str]] = {}
     if report.exists():
         for case in ET.parse(report).getroot().iter("testcase"):
@@ -53,6 +56,20 @@ def run_pytest(project: Path, *args: str, python: str = sys.executable, env: dic
                     break
             outcomes[case.get("name", "")] = (state, text)
     return PytestRun(proc.returncode, proc.stdout + proc.stderr, outcomes)
+
+
+def run_together(project: Path, runs: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, PytestRun]:
+    """Independent pytest runs (name -> arguments, environment) in the same project at the same time."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run_pytest, project, *args, env=env, name=name)
+                   for name, (args, env) in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def merged(*runs: PytestRun) -> PytestRun:
+    """Runs of disjoint tests as one: every outcome, the output of each."""
+    return PytestRun(max(r.returncode for r in runs), "\n".join(r.output for r in runs),
+                     {k: v for r in runs for k, v in r.outcomes.items()})
 
 
 def reached(upstream: Upstream, test: str) -> int:
@@ -194,7 +211,8 @@ def test_lenient(codexbridge_bridge):
 class SharedRuns:
     """One project holding the record-mode matrix and the divergence, scrubbing and matching tests, recorded once
     and then run as each test here needs: one inner pytest run serves several of them (each generated test reads
-    only its own environment variables, and the options a run adds change nothing for the others)."""
+    only its own environment variables, and the options a run adds change nothing for the others), and runs that
+    share no recording go at the same time (the upstream tells their requests apart by the x-test header)."""
 
     project: Path
     recorded: PytestRun  # seed, diverge, scrub, matching: --codexbridge-record-mode=once from the live upstream
@@ -217,7 +235,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Shar
     (project / "test_seed.py").write_text(SDK_HELPERS + MATRIX_TEST.format(mode="once", state="seed", count=1))
     ours = ("diverge", "scrub", "strict", "lenient")
     upstream.reset()
-    recorded = run_pytest(project, "--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}")
+    live = ["--codexbridge-record-mode=once", f"--codexbridge-upstream={upstream.url}"]
+    recorded = merged(*run_together(project, {"seed": (["test_seed.py", "test_diverge.py", *live], {}),
+                                              "scrub": (["test_scrub.py", "test_matching.py", *live], {})}).values())
     counts = {name: reached(upstream, name) for name in ours}
 
     # the matrix: a present recording holds the seed's one turn
@@ -236,20 +256,24 @@ def shared(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Shar
 
     upstream.reset()
     # diverge and matching run in record mode none: the live upstream is given for the matrix alone
-    changed = run_pytest(project, "test_matrix.py", "test_diverge.py", "test_matching.py",
-                         f"--codexbridge-upstream={upstream.url}",
-                         env={"PROMPT": "[[reply:fine]] how are you today", "RUN": "2"})
+    changed = merged(*run_together(project, {
+        "matrix": (["test_matrix.py", f"--codexbridge-upstream={upstream.url}"], {}),
+        "changed": (["test_diverge.py", "test_matching.py", f"--codexbridge-upstream={upstream.url}"],
+                    {"PROMPT": "[[reply:fine]] how are you today", "RUN": "2"})}).values())
     names = [f"{mode}_{'present' if present else 'absent'}" for mode, present, *_ in MATRIX]
     matrix = {name: reached(upstream, name) for name in [*names, "new_episodes_direct"]}
     later = sum(reached(upstream, name) for name in ours)
     upstream.reset()
-    replayed = run_pytest(project, "test_diverge.py", "test_scrub.py", "test_matrix.py",
-                          "-k", "prompt or scrubbed or new_episodes or once_absent")
-    replayed_requests = upstream.stats()["requests"]
-    ignored = run_pytest(project, "test_matching.py", "--codexbridge-match-ignore=metadata.run", env={"RUN": "2"})
-    fewer = run_pytest(project, "test_matching.py", env={"TURNS": "1"})
-    later += upstream.stats()["requests"]
-    return SharedRuns(project, recorded, counts, changed, matrix, replayed, replayed_requests, ignored, fewer, later)
+    # offline, all three: what reaches the upstream while they run counts against each
+    offline = run_together(project, {
+        "replayed": (["test_diverge.py", "test_scrub.py", "test_matrix.py",
+                      "-k", "prompt or scrubbed or new_episodes or once_absent"], {}),
+        "ignored": (["test_matching.py", "--codexbridge-match-ignore=metadata.run"], {"RUN": "2"}),
+        "fewer": (["test_matching.py"], {"TURNS": "1"})})
+    offline_requests = upstream.stats()["requests"]
+    later += offline_requests
+    return SharedRuns(project, recorded, counts, changed, matrix, offline["replayed"], offline_requests,
+                      offline["ignored"], offline["fewer"], later)
 
 
 def test_a_changed_request_fails_with_the_first_divergence_as_a_diff(shared: SharedRuns) -> None:
