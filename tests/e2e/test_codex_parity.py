@@ -1,7 +1,8 @@
 """Codex cannot tell it is bridged: the same scripted session three ways, for every Codex version of the matrix.
 
 1. HTTP mode (`supports_websockets = false`) straight to the SSE-only demo upstream: the reference.
-2. WebSocket mode through the bridge (a real mitmdump) to the same upstream.
+2. WebSocket mode through the bridge (a real mitmdump) to the same upstream (another process of the same program:
+   the three sessions run at the same time).
 3. WebSocket mode straight to the demo upstream speaking the WebSocket mode natively (`--websocket`): how Codex
    behaves over its own WebSocket transport, to tell Codex's transport differences apart from ours.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,21 @@ def native_upstream(module_tmp: Path) -> Iterator[Upstream]:
     up.stop()
 
 
+@pytest.fixture(scope="module")
+def bridged_upstream(module_tmp: Path) -> Iterator[Upstream]:
+    """The bridged leg's own SSE-only upstream (the HTTP leg's runs at the same time): same program, same flags."""
+    up = start_upstream(module_tmp)
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def bridged_bridge(module_tmp: Path, bridged_upstream: Upstream) -> Iterator[Mitmdump]:
+    proxy = start_mitmdump(module_tmp, bridged_upstream.url)
+    yield proxy
+    proxy.stop()
+
+
 def run_native(case: Case, binary: Path, tmp: Path, shared: Upstream) -> tuple[CodexResult, Upstream | None]:
     own = start_upstream(tmp, "--websocket", *(f"--upgrade-header={h}" for h in case.scenario.upgrade_headers)) \
         if case.scenario.upgrade_headers else None
@@ -237,25 +254,24 @@ def run_native(case: Case, binary: Path, tmp: Path, shared: Upstream) -> tuple[C
             own.stop()
 
 
-def run_bridged(case: Case, binary: Path, tmp: Path, upstream: Upstream, bridge: Mitmdump,
-                reference: CodexResult, native: CodexResult) -> CodexResult:
+def run_bridged(case: Case, binary: Path, tmp: Path, upstream: Upstream,
+                bridge: Mitmdump) -> tuple[CodexResult, CodexResult | None, int]:
     """Through the bridge: a scenario that shows what the bridge learns from an upstream (prime_bridge) gets a
-    bridge of its own and runs twice; the second session is the one compared. Codex stays on the bridged
-    WebSocket, except where it falls back to HTTP over a native WebSocket too (as many POSTs of its own)."""
+    bridge of its own and runs twice; the second session is the one compared (the first is returned too).
+    Also returns the plain POSTs the bridge saw (Codex falling back to HTTP)."""
     own = start_mitmdump(tmp, upstream.url) if case.scenario.prime_bridge else None
     proxy = own or bridge
     try:
         leg = CodexLeg(binary, proxy.base_url, True, tmp)
+        first = None
         if own is not None:
             upstream.reset()
-            first_session_limit(reference, leg.run(case.scenario, upstream.requests))
+            first = leg.run(case.scenario, upstream.requests)
         upstream.reset()
         posts_before = posts_through_proxy(proxy.log)
         result = leg.run(case.scenario, upstream.requests)
         assert upstream.stats()["upgrade_attempts"] == 0, "the upstream saw a WebSocket upgrade"
-        assert posts_through_proxy(proxy.log) - posts_before == len(posts(native)), \
-            "Codex did not stay on the bridged WebSocket"
-        return result
+        return result, first, posts_through_proxy(proxy.log) - posts_before
     finally:
         if own is not None:
             own.stop()
@@ -273,13 +289,24 @@ def first_session_limit(reference: CodexResult, first: CodexResult) -> None:
 @pytest.mark.parametrize("version", [pytest.param(v, id=version_label(v)) for v in codex_versions()])
 @pytest.mark.parametrize("case", CASES, ids=[c.scenario.name for c in CASES])
 def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_path: Path, upstream: Upstream,
-                                                  bridge: Mitmdump, native_upstream: Upstream) -> None:
+                                                  bridged_upstream: Upstream, bridged_bridge: Mitmdump,
+                                                  native_upstream: Upstream) -> None:
     binary = need_codex(version)
-    upstream.reset()
-    results = {HTTP: CodexLeg(binary, upstream.url + "/v1", False, tmp_path).run(case.scenario, upstream.requests)}
+    # the three legs share nothing (an upstream each, Codex homes of their own): they run at the same time
+    with ThreadPoolExecutor(3) as pool:
+        upstream.reset()
+        http = pool.submit(CodexLeg(binary, upstream.url + "/v1", False, tmp_path).run, case.scenario,
+                           upstream.requests)
+        native = pool.submit(run_native, case, binary, tmp_path, native_upstream)
+        bridged = pool.submit(run_bridged, case, binary, tmp_path, bridged_upstream, bridged_bridge)
+        results = {HTTP: http.result(), NATIVE: native.result()[0]}
+        results[BRIDGED], first, fallback_posts = bridged.result()
     case.expect(results[HTTP])
-    results[NATIVE], _ = run_native(case, binary, tmp_path, native_upstream)
-    results[BRIDGED] = run_bridged(case, binary, tmp_path, upstream, bridge, results[HTTP], results[NATIVE])
+    if first is not None:
+        first_session_limit(results[HTTP], first)
+    # Codex stays on the bridged WebSocket, except where it falls back to HTTP over a native WebSocket too (as
+    # many POSTs of its own)
+    assert fallback_posts == len(posts(results[NATIVE])), "Codex did not stay on the bridged WebSocket"
     case.expect(results[BRIDGED])
 
     active = [EXCLUSIONS[name] for name in (*_ALWAYS, *case.allow)]
