@@ -416,7 +416,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         self._incoming += len(chunk)
         limit = hooks.max_frame_bytes
         if not (limit and self._incoming > limit):
-            buf[-1] += chunk
+            buf.append(chunk)  # joined once complete: adding to one bytes object copies it all again each time
         if not ws_event.message_finished:
             return None
         size, self._incoming = self._incoming, 0
