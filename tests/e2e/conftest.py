@@ -1,9 +1,10 @@
 """Process fixtures: one mock upstream (fresh state per test), one bridge and one WebSocket upstream per module, one
-fresh install of the wheel per session."""
+fresh install of the wheel per session (made in the background from the first end-to-end test on)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,25 @@ def _fresh_upstream(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("upstream").reset()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_install_early(request: pytest.FixtureRequest,
+                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[FreshInstall] | None]:
+    """Starts the fresh install with the first end-to-end test when the session has a test that needs it: it
+    builds and installs in the background (about half a minute) while the tests before that one run."""
+    if not any("fresh_install" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(install_wheel, tmp_path_factory.mktemp("fresh-install"))
+
+
 @pytest.fixture(scope="session")
-def fresh_install(tmp_path_factory: pytest.TempPathFactory) -> FreshInstall:
+def fresh_install(_fresh_install_early: Future[FreshInstall] | None,
+                  tmp_path_factory: pytest.TempPathFactory) -> FreshInstall:
     """codexbridge's wheel installed into a new venv outside the checkout, once per test session."""
-    return install_wheel(tmp_path_factory.mktemp("fresh-install"))
+    if _fresh_install_early is None:
+        return install_wheel(tmp_path_factory.mktemp("fresh-install"))
+    return _fresh_install_early.result()
 
 
 @pytest.fixture
