@@ -308,11 +308,21 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_thousands_of_short_sessions_leave_no_file_descriptor_behind(fault_bridge: Mitmdump) -> None:
-    pid = fault_bridge.proc.pid
+def test_thousands_of_short_sessions_leave_no_file_descriptor_behind(tmp_path: Path, fault_upstream: str) -> None:
+    # a bridge of its own, with the default read timeout (the module's 2 s is for the timeout tests: fifty
+    # sessions at once on a loaded machine may wait longer than that for the upstream's first bytes)
+    proxy = start_mitmdump(tmp_path, fault_upstream)
+    try:
+        _thousands_of_short_sessions(proxy)
+    finally:
+        proxy.stop()
+
+
+def _thousands_of_short_sessions(proxy: Mitmdump) -> None:
+    pid = proxy.proc.pid
 
     async def one() -> None:
-        async with websockets.connect(fault_bridge.ws_url) as ws:
+        async with websockets.connect(proxy.ws_url) as ws:
             assert (await ws_turn(ws, "[[fault:plain]]"))[-1]["type"] == "response.completed"
 
     async def go(n: int) -> None:
