@@ -8,6 +8,7 @@ import shutil
 import socketserver
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -234,7 +235,12 @@ def test_cluster_serves_each_workers_metrics_on_a_port_of_its_own(tmp_path: Path
         per_worker: list[Samples] = []
 
         def all_counted() -> bool:  # a worker counts a session's end, and its response's, a moment after the client
-            per_worker[:] = [scrape(p) for p in cluster.metrics_ports]
+            try:
+                per_worker[:] = [scrape(p) for p in cluster.metrics_ports]
+            except urllib.error.HTTPError as e:  # who answered, if not a worker's metrics server
+                raise AssertionError(f"{e.url}: {e.code}, Server: {e.headers.get('Server')!r}, {e.read()[:200]!r}; "
+                                     f"front {cluster.port}, workers {cluster.worker_ports}, "
+                                     f"metrics {cluster.metrics_ports}") from e
             return (all(value(s, "codexbridge_sessions_open", mode="bridge") == 0 for s in per_worker)
                     and sum(value(s, "codexbridge_response_duration_seconds_count") for s in per_worker) >= 4)
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from codexbridge.tools import procs
 from codexbridge.tools.cluster import render_nginx_config
+from codexbridge.tools.procs import free_ports
 
 
 def test_renderer_balances_websockets_over_any_backends(tmp_path: Path) -> None:
@@ -31,3 +33,27 @@ def test_renderer_balances_websockets_over_any_backends(tmp_path: Path) -> None:
     for bad in (["x; include /etc/passwd"], ["host"], []):
         with pytest.raises(ValueError):
             render_nginx_config(bad)
+
+
+
+def test_free_ports_are_distinct_and_avoid_the_excluded_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    ports = free_ports(6)
+    assert len(set(ports)) == 6  # all bound at once while chosen
+
+    handed_out = iter([5001, 5002, 5001, 5003])  # a system that hands out an excluded port first
+
+    class FakeSocket:
+        def __init__(self, *_: object) -> None:
+            self.port = 0
+
+        def bind(self, _: object) -> None:
+            self.port = next(handed_out)
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(procs.socket, "socket", FakeSocket)
+    assert free_ports(2, exclude=(5001,)) == [5002, 5003]

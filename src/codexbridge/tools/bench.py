@@ -58,7 +58,7 @@ from rich.table import Table
 from codexbridge import __version__
 from codexbridge.responses.events import TERMINAL_EVENTS, type_marker
 from codexbridge.tools.bench_servers import bench_request, dumps, ws_masked_frame
-from codexbridge.tools.procs import Child, child_pids, die_with_parent, free_port, script_path
+from codexbridge.tools.procs import Child, child_pids, die_with_parent, free_port, free_ports, script_path
 
 perf = time.perf_counter
 READ = 1 << 18
@@ -1207,15 +1207,17 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
         say(f"starting mitmdump for {', '.join(proxy_groups) or 'nothing'}"
             + (" (twice each: one for the idle workload)" if wants_idle and proxy_groups else ""))
         proxies: dict[str, Child] = {}
-        starting = {g: free_port() for g in proxy_groups}
+        names = list(proxy_groups)
         if wants_idle:
-            starting.update({f"{g}-idle": free_port() for g in proxy_groups
-                             if any(p.runs(c, "idle") for c in configs if c.group == g)})
+            names += [f"{g}-idle" for g in proxy_groups if any(p.runs(c, "idle") for c in configs if c.group == g)]
         # the reference bridge (c's options) for the paired figures of d (recording), f (TLS) and g (metrics)
         wants_ref = bool(set(PAIRED_GROUPS) & set(proxy_groups)) and bool({"burst", "paced"} & set(p.workloads))
         if wants_ref:
-            starting["ref"] = free_port()
-        metrics_ports = {name: free_port() for name in starting if name[0] == "g"}
+            names.append("ref")
+        metered = [name for name in names if name[0] == "g"]
+        ports = free_ports(len(names) + len(metered))  # distinct: every proxy and metrics port at once
+        starting = dict(zip(names, ports, strict=False))
+        metrics_ports = dict(zip(metered, ports[len(names):], strict=True))
         confdirs = workdir / "confdirs"  # one mitmproxy confdir (and CA) per proxy: none is shared, none is the user's
         started = await asyncio.gather(*(start_child(f"mitmdump-{name}",
                                                      mitmdump_cmd("c" if name == "ref" else name[0], up_port, port,

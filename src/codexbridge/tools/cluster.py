@@ -21,6 +21,7 @@ from codexbridge.tools.procs import (
     child_pids,
     die_with_parent,
     free_port,
+    free_ports,
     listening,
     mitmdump_command,
     port_in_use,
@@ -175,8 +176,8 @@ class Cluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         if port_in_use(self.host, self.port):
             raise RuntimeError(f"{self.host}:{self.port} is already in use (choose another with --port)")
-        self.worker_ports = [free_port() for _ in range(self.workers)]
-        self.metrics_ports = [free_port() for _ in range(self.workers)] if self.metrics else []
+        ports = free_ports(self.workers * (2 if self.metrics else 1), exclude=(self.port,))
+        self.worker_ports, self.metrics_ports = ports[:self.workers], ports[self.workers:]
         deadline = time.monotonic() + self.startup_timeout
         try:
             cmds = [mitmdump_command(self.upstream, p, [*self.options, *self._metrics_option(i)], quiet=self.quiet)

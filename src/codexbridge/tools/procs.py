@@ -21,6 +21,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1", exclude: Sequence[int] = ()) -> list[int]:
+    """`count` distinct TCP ports nothing listens on right now, none of them in `exclude`: all bound at once while
+    they are chosen (one at a time, the system may hand the same port out twice)."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
+            if s.getsockname()[1] in exclude:
+                s.close()
+                continue
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def listening(host: str, port: int) -> bool:
     """Something accepts connections on host:port now."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
