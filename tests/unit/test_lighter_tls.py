@@ -67,18 +67,17 @@ def connected() -> tuple[SSL.Connection, SSL.Connection]:
 
 
 def exchange(s: SSL.Connection, c: SSL.Connection, size: int) -> None:
-    c.sendall(b"q" * size)
-    pump(c, s)
+    send(c, s, b"q" * size)
+    send(s, c, b"a" * size)
+
+
+def send(sender: SSL.Connection, receiver: SSL.Connection, payload: bytes) -> None:
+    sender.sendall(payload)
+    pump(sender, receiver)
     got = b""
-    while len(got) < size:
-        got += s.recv(65536)
-    assert got == b"q" * size
-    s.sendall(b"a" * size)
-    pump(s, c)
-    got = b""
-    while len(got) < size:
-        got += c.recv(65536)
-    assert got == b"a" * size
+    while len(got) < len(payload):
+        got += receiver.recv(65536)
+    assert got == payload
 
 
 def test_connections_share_one_parsed_certificate_and_key() -> None:
