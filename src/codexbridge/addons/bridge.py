@@ -17,9 +17,11 @@ from codexbridge.addons.common import (
     CodexAddon,
     add_message_hook_option,
     add_on_disconnect_option,
-    is_websocket_upgrade,
+    handshake_fields,
+    header,
     on_codex_path,
     registry,
+    upgrade_fields,
     upstream_url,
 )
 from codexbridge.bridge.session import BridgeSession, SessionConfig
@@ -35,6 +37,7 @@ GC_SHARE = 0.05  # at most this share of the time goes to those collections
 
 MODES = ("bridge", "passthrough", "auto", "reject", "off")
 REFUSALS = (404, 405, 426)
+MAX_CONFIGS = 256  # session configurations remembered (one per upstream and proxy mode)
 
 
 class CodexBridge(CodexAddon):
@@ -53,6 +56,7 @@ class CodexBridge(CodexAddon):
         self._gc_cost = 0.0
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
         self.upgrade_memory = UpgradeMemory()  # what Codex reads only at the 101, as each upstream last said it
+        self._configs: dict[tuple[str, str], SessionConfig] = {}  # by upstream and proxy mode, until an option changes
 
     def load(self, loader) -> None:
         add_on_disconnect_option(loader)
@@ -145,6 +149,7 @@ class CodexBridge(CodexAddon):
 
     def configure(self, updated: set[str]) -> None:
         super().configure(updated)
+        self._configs.clear()
         opts = ctx.options
         for name in ("codexbridge_connect_timeout", "codexbridge_read_timeout", "codexbridge_max_stored_responses",
                      "codexbridge_auto_ttl", "codexbridge_max_lanes", "codexbridge_max_active", "codexbridge_max_queued"):
@@ -178,10 +183,10 @@ class CodexBridge(CodexAddon):
     def would_bridge(self, flow: http.HTTPFlow) -> bool:
         """Whether request() would answer this upgrade with its 101 (the fast path's question)."""
         mode = ctx.options.codexbridge_mode
-        headers = flow.request.headers
-        if not self.active or not is_websocket_upgrade(flow.request) or not on_codex_path(flow):
+        if not self.active:
             return False
-        if headers.get("sec-websocket-version", "") != "13" or not headers.get("sec-websocket-key", ""):
+        fields = upgrade_fields(flow.request)
+        if fields is None or fields[0] != "13" or not fields[1] or not on_codex_path(flow):
             return False
         if mode == "auto":
             known = self.ws_support.get(self.upstream_key(flow))
@@ -218,6 +223,31 @@ class CodexBridge(CodexAddon):
         self._gc_last = asyncio.get_running_loop().time()
         log.debug("stage=gc_after_sessions unreachable=%d ms=%.1f", found, self._gc_cost * 1000)
 
+    def _config(self, flow: http.HTTPFlow, upstream: str) -> SessionConfig:
+        """The session configuration for this upstream and proxy mode, made once per option change (frozen:
+        sessions share it)."""
+        mode = flow.client_conn.proxy_mode
+        key = (upstream, mode.full_spec)
+        config = self._configs.get(key)
+        if config is None:
+            opts = ctx.options
+            config = SessionConfig(
+                upstream_url=upstream,
+                settings=self._settings(flow),
+                on_disconnect=opts.codexbridge_on_disconnect,
+                max_responses=opts.codexbridge_max_stored_responses,
+                max_stored_bytes=opts.codexbridge_max_stored_bytes,
+                max_frame_bytes=opts.codexbridge_max_frame_bytes,
+                max_lanes=opts.codexbridge_max_lanes,
+                max_active=opts.codexbridge_max_active,
+                max_queued=opts.codexbridge_max_queued,
+                upgrade_memory=self.upgrade_memory,
+            )
+            if len(self._configs) >= MAX_CONFIGS:
+                self._configs.clear()
+            self._configs[key] = config
+        return config
+
     def _settings(self, flow: http.HTTPFlow) -> UpstreamSettings:
         opts = ctx.options
         mode = flow.client_conn.proxy_mode
@@ -235,7 +265,8 @@ class CodexBridge(CodexAddon):
         mode = ctx.options.codexbridge_mode
         if mode == "off" or flow.response is not None or not self.active:
             return
-        if not is_websocket_upgrade(flow.request) or not on_codex_path(flow):
+        fields = upgrade_fields(flow.request)
+        if fields is None or not on_codex_path(flow):
             return
         if mode == "reject":
             flow.response = http.Response.make(
@@ -256,45 +287,37 @@ class CodexBridge(CodexAddon):
         if mode == "passthrough":
             flow.metadata.setdefault("codexbridge", {"mode": "passthrough"})
             return  # relayed by mitmproxy; the keepalive and recorder addons plan the flow at its 101
-        self.bridge(flow)
+        self.bridge(flow, fields)
 
     @staticmethod
     def upstream_key(flow: http.HTTPFlow) -> str:
         r = flow.request
         return f"{r.scheme}://{r.pretty_host}:{r.port}"
 
-    def bridge(self, flow: http.HTTPFlow) -> None:
-        """Answers the upgrade with a synthetic 101 and attaches a bridge session to the flow."""
-        opts = ctx.options
-        key = flow.request.headers.get("sec-websocket-key", "")
-        if flow.request.headers.get("sec-websocket-version", "") != "13" or not key:
+    def bridge(self, flow: http.HTTPFlow, fields: tuple[str, str] | None = None) -> None:
+        """Answers the upgrade with a synthetic 101 and attaches a bridge session to the flow (`fields`: the
+        upgrade's Sec-WebSocket-Version and -Key, when the caller has them)."""
+        if fields is None:
+            fields = handshake_fields(flow.request)[2:]
+        version, key = fields
+        if version != "13" or not key:
             flow.response = http.Response.make(
                 426 if key else 400, b"WebSocket version 13 with a Sec-WebSocket-Key is required.\n",
                 {"Sec-WebSocket-Version": "13", "Content-Type": "text/plain"},
             )
             return
         upstream = upstream_url(flow)
-        config = SessionConfig(
-            upstream_url=upstream,
-            settings=self._settings(flow),
-            on_disconnect=opts.codexbridge_on_disconnect,
-            max_responses=opts.codexbridge_max_stored_responses,
-            max_stored_bytes=opts.codexbridge_max_stored_bytes,
-            max_frame_bytes=opts.codexbridge_max_frame_bytes,
-            max_lanes=opts.codexbridge_max_lanes,
-            max_active=opts.codexbridge_max_active,
-            max_queued=opts.codexbridge_max_queued,
-            upgrade_memory=self.upgrade_memory,
-        )
+        config = self._config(flow, upstream)
         try:
             outbox = mitm.ClientOutbox(flow)
         except ValueError:
             return
-        session = BridgeSession(config, list(flow.request.headers.items(multi=True)), outbox, self.pool)
+        # (the handshake's headers as they are now, decoded when the session first needs them)
+        session = BridgeSession(config, flow.request.headers.items(multi=True), outbox, self.pool)
         self.sessions.add(session)
         session.closed_callback = self.sessions.discard
         plan = mitm.plan_of(flow)
-        plan.hooks, plan.outbox, plan.message_hook = session, outbox, opts.codexbridge_message_hook
+        plan.hooks, plan.outbox, plan.message_hook = session, outbox, ctx.options.codexbridge_message_hook
         flow.metadata["codexbridge"] = {"mode": "bridge", "upstream": upstream}
         flow.response = mitm.switching_protocols(
             [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key).encode()),
@@ -329,7 +352,7 @@ class CodexBridge(CodexAddon):
             response is not None
             and ctx.options.codexbridge_stream_sse
             and not response.stream
-            and response.headers.get("content-type", "").lower().startswith("text/event-stream")
+            and header(response.headers, b"content-type").lower().startswith("text/event-stream")
         ):
             response.stream = True
 

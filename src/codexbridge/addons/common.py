@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterable
@@ -66,6 +67,7 @@ class Registry:
     def add(self, addon: CodexAddon) -> None:
         if not any(self._loaded.get(c) for c in _USES_LAYER):
             mitm.install()
+            mitm.overhead.install()
         self._loaded.setdefault(addon.concern, []).append(addon)
 
     def remove(self, addon: CodexAddon) -> None:
@@ -74,6 +76,7 @@ class Registry:
             loaded.remove(addon)
         if not any(self._loaded.get(c) for c in _USES_LAYER):
             mitm.uninstall()
+            mitm.overhead.uninstall()
 
     def active(self, concern: str) -> CodexAddon | None:
         loaded = self._loaded.get(concern)
@@ -151,16 +154,59 @@ def flow_messages(value: str) -> int:
     return window
 
 
+_HANDSHAKE = {b"upgrade": 0, b"connection": 1, b"sec-websocket-version": 2, b"sec-websocket-key": 3}
+
+
+def handshake_fields(request: http.Request) -> tuple[str, str, str, str]:
+    """The request's Upgrade, Connection, Sec-WebSocket-Version and Sec-WebSocket-Key, each as request.headers.get
+    gives it ("" when absent), from one pass over the headers (each get is a pass of its own)."""
+    found: list[bytes | None] = [None, None, None, None]
+    for name, value in request.headers.fields:
+        index = _HANDSHAKE.get(name.lower())
+        if index is not None:
+            before = found[index]
+            found[index] = value if before is None else before + b", " + value  # (as get joins a repeated name)
+    upgrade, connection, version, key = found
+    return _text(upgrade), _text(connection), _text(version), _text(key)
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def header(headers: http.Headers, name: bytes) -> str:
+    """headers.get(name, "") for a lower-case name, without the KeyError that get raises and catches when the name
+    is absent (as a 101 has no Content-Type)."""
+    found = None
+    for key, value in headers.fields:
+        if key.lower() == name:
+            found = value if found is None else found + b", " + value
+    return _text(found)
+
+
+def upgrade_fields(request: http.Request) -> tuple[str, str] | None:
+    """For a WebSocket upgrade, its Sec-WebSocket-Version and Sec-WebSocket-Key ("" when absent); None for any other
+    request."""
+    if request.method != "GET":
+        return None
+    upgrade, connection, version, key = handshake_fields(request)
+    if upgrade.lower() != "websocket" or "upgrade" not in connection.lower():
+        return None
+    return version, key
+
+
 def is_websocket_upgrade(request: http.Request) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("connection", "").lower()
-    )
+    return upgrade_fields(request) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_only(path: str) -> str:
+    """A request path without its query (and trailing slashes), remembered: Codex's requests share a few paths."""
+    return urlsplit(path).path.rstrip("/")
 
 
 def on_codex_path(flow: http.HTTPFlow) -> bool:
-    return urlsplit(flow.request.path).path.rstrip("/") == ctx.options.codexbridge_path.rstrip("/")
+    return _path_only(flow.request.path) == ctx.options.codexbridge_path.rstrip("/")
 
 
 def codex_post(flow: http.HTTPFlow) -> bool:
@@ -215,7 +261,7 @@ def tap_event_stream(response: http.Response, tap: Callable[[bytes], None]) -> b
 
 def sse_streamed(response: http.Response) -> bool:
     """An event stream that is (or by the bridge's codexbridge_stream_sse will be) streamed as it arrives."""
-    if not response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+    if not header(response.headers, b"content-type").lower().startswith("text/event-stream"):
         return False
     if response.stream:
         return True

@@ -22,6 +22,10 @@ class Keepalive(CodexAddon):
 
     concern = KEEPALIVE
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._policy: KeepalivePolicy | None = None
+
     def load(self, loader) -> None:
         loader.add_option(
             "codexbridge_ping_interval", int, 20,
@@ -46,6 +50,7 @@ class Keepalive(CodexAddon):
 
     def configure(self, updated: set[str]) -> None:
         super().configure(updated)
+        self._policy = None
         opts = ctx.options
         if {"codexbridge_ping_interval", "codexbridge_ping_timeout"} & updated:
             interval, timeout = opts.codexbridge_ping_interval, opts.codexbridge_ping_timeout
@@ -58,12 +63,15 @@ class Keepalive(CodexAddon):
         if "codexbridge_text_keepalive" in updated and opts.codexbridge_text_keepalive < 0:
             raise exceptions.OptionsError("codexbridge_text_keepalive must be 0 (off) or positive.")
 
-    @staticmethod
-    def policy() -> KeepalivePolicy:
-        opts = ctx.options
-        return KeepalivePolicy(
-            float(opts.codexbridge_ping_interval), float(opts.codexbridge_ping_timeout), float(opts.codexbridge_text_keepalive)
-        )
+    def policy(self) -> KeepalivePolicy:
+        """The policy of the options now, made once per option change (frozen: the flows share it)."""
+        if self._policy is None:
+            opts = ctx.options
+            self._policy = KeepalivePolicy(
+                float(opts.codexbridge_ping_interval), float(opts.codexbridge_ping_timeout),
+                float(opts.codexbridge_text_keepalive),
+            )
+        return self._policy
 
     def response(self, flow: http.HTTPFlow) -> None:
         if self.active and websocket_starting(flow) and not registry.bridge_off():

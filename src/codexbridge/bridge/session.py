@@ -6,9 +6,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codexbridge.bridge.response_run import Downstream, ResponseRun
@@ -94,13 +94,12 @@ class Lane:
 class BridgeSession:
     """Serves one client connection; never raises into the proxy."""
 
-    def __init__(self, config: SessionConfig, handshake_headers: list[tuple[str, str]], channel: ClientChannel,
+    def __init__(self, config: SessionConfig, handshake_headers: Iterable[tuple[str, str]], channel: ClientChannel,
                  pool: UpstreamPool) -> None:
         self.config = config
         self.channel = channel
         self.pool = pool
-        self.request_headers = upstream_request_headers(handshake_headers)
-        self.codex_client = is_codex_client(handshake_headers)  # gets the Codex events of each POST answer
+        self._handshake = handshake_headers  # read when first needed (after the 101 went out)
         self.conversation = Conversation(config.max_responses, config.max_stored_bytes)
         self.stats = SessionStats(started=time.monotonic())
         self.max_frame_bytes = config.max_frame_bytes
@@ -114,9 +113,28 @@ class BridgeSession:
         self.ready: deque[Lane] = deque()  # lanes with work waiting for an active slot
         self.pending_steers: dict[str, PendingSteers] = {}  # parent response id -> accepted input
         self._steer_ids = 0
-        # every frame to the client, relayed or made here, leaves through _emit (runs reach it through downstream)
-        self.downstream = Downstream(self._emit, channel.congested, self._drained,
-                                     channel.close if self.codex_client else None)
+
+    # The session's state from the handshake's headers, made when first used: a connection storm waits for each
+    # upgrade's 101, not for this.
+
+    @cached_property
+    def handshake_headers(self) -> list[tuple[str, str]]:
+        return list(self._handshake)
+
+    @cached_property
+    def request_headers(self) -> list[tuple[str, str]]:
+        return upstream_request_headers(self.handshake_headers)
+
+    @cached_property
+    def codex_client(self) -> bool:
+        """Gets the Codex events of each POST answer."""
+        return is_codex_client(self.handshake_headers)
+
+    @cached_property
+    def downstream(self) -> Downstream:
+        """Every frame to the client, relayed or made here, leaves through _emit (runs reach it through this)."""
+        return Downstream(self._emit, self.channel.congested, self._drained,
+                          self.channel.close if self.codex_client else None)
 
     # -- client side ------------------------------------------------------------------------
 

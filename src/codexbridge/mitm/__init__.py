@@ -4,6 +4,7 @@ from codexbridge.mitm.compat import IncompatibleMitmproxy, check_internals
 
 check_internals()
 
+from codexbridge.mitm import overhead  # noqa: E402
 from codexbridge.mitm.fastpath import take_upgrades  # noqa: E402
 from codexbridge.mitm.layer import CodexWebsocketLayer, install, uninstall  # noqa: E402 - only once the internals are known to be there
 from codexbridge.mitm.messages import switching_protocols  # noqa: E402
@@ -21,6 +22,6 @@ from codexbridge.mitm.plans import (  # noqa: E402
 
 __all__ = [
     "BridgeHooks", "ClientOutbox", "CodexWebsocketLayer", "FlowMeter", "FlowPlan", "IncompatibleMitmproxy", "check_internals",
-    "detach_server", "forget_flow", "install", "plan_flow", "plan_of", "set_flow_messages", "switching_protocols", "take_upgrades",
+    "detach_server", "forget_flow", "install", "overhead", "plan_flow", "plan_of", "set_flow_messages", "switching_protocols", "take_upgrades",
     "uninstall",
 ]

@@ -5,8 +5,8 @@ creates a coroutine and walks two generators before finding that the addon has n
 a second pass for `update`. A WebSocket upgrade through the bridge triggers about ten hooks: that was most of a
 new connection's CPU (a connection storm measured 6 ms of proxy CPU per connection, two thirds of it here).
 Here the handlers of each hook are looked up once, in chain order (an addon, then the addons nested in it), and
-looked up again whenever an addon is added or removed. Each top-level addon's handlers still run inside
-mitmproxy's own `safecall` (an error is logged and the next addon runs; AddonHalt stops the pass), awaitables are
+looked up again whenever an addon is added or removed. An error of a top-level addon's handlers still goes through
+mitmproxy's own `safecall` (it is logged and the next addon runs; AddonHalt stops the pass), awaitables are
 awaited, and the hook's arguments are read once per pass. The synchronous pass (configure, and one per log record for the
 deprecated add_log hook) works the same way. An addon that grows a hook method after it was loaded
 is not seen until the next addon is added or removed. mitmproxy's handler for add_log formats every log record
@@ -58,6 +58,11 @@ def _handlers(manager: addonmanager.AddonManager, name: str) -> list[list[Any]]:
     return groups
 
 
+def handlers(manager: addonmanager.AddonManager, name: str) -> list[list[Any]]:
+    """The handlers of a hook, grouped by top-level addon, in the order a pass calls them."""
+    return _handlers(manager, name)
+
+
 def _not_callable(name: str, addon: Any) -> Any:
     def fail(*_: Any) -> None:  # raised where mitmproxy raises it: inside safecall, which logs it
         raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
@@ -69,13 +74,14 @@ async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> N
     args = event.args()
     for group in _handlers(self, event.name):
         try:
-            with addonmanager.safecall():
-                for func in group:
-                    result = func(*args)
-                    if result is not None and inspect.isawaitable(result):
-                        await result
+            for func in group:
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
         except exceptions.AddonHalt:
             return
+        except Exception as e:  # noqa: BLE001 - handed to mitmproxy's safecall, which logs it or raises it on
+            _safecall(e)
 
 
 def trigger(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
@@ -83,14 +89,22 @@ def trigger(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
     args = event.args()
     for group in _handlers(self, event.name):
         try:
-            with addonmanager.safecall():
-                for func in group:
-                    if inspect.iscoroutinefunction(func):
-                        raise exceptions.AddonManagerError(
-                            f"Async handler {event.name} ({func}) cannot be called from sync context")
-                    func(*args)
+            for func in group:
+                if inspect.iscoroutinefunction(func):
+                    raise exceptions.AddonManagerError(
+                        f"Async handler {event.name} ({func}) cannot be called from sync context")
+                func(*args)
         except exceptions.AddonHalt:
             return
+        except Exception as e:  # noqa: BLE001 - handed to mitmproxy's safecall, which logs it or raises it on
+            _safecall(e)
+
+
+def _safecall(error: Exception) -> None:
+    """What mitmproxy's safecall does with an addon's error (an OptionsError goes on, anything else is logged as
+    an addon error): entered only when there is one, as the context manager costs more than most handlers."""
+    with addonmanager.safecall():
+        raise error
 
 
 class _OnlyWhenHeard(logging.Filter):
