@@ -1,11 +1,12 @@
 """The listener's fast path for bridged upgrades (codexbridge_fast_path) through a real mitmdump: taken for a
-bridged upgrade, with the same recording, metrics and flow file as mitmproxy's own path; everything else still
-goes through mitmproxy."""
+bridged upgrade, over plain TCP and over TLS, with the same recording, metrics, flow file and hooks as mitmproxy's own
+path; everything else still goes through mitmproxy (over TLS: given back to it once decrypted)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
 import json
 import re
 import ssl
@@ -31,15 +32,62 @@ FAST = "stage=fast_path"
 VOLATILE = re.compile(r'(resp|req)_mock_\d+|msg_[0-9a-f]{12}|(created_at\\?":)\d+|(Sec-WebSocket-Key",")[^"]+')
 
 
+HOOK_TRACE = """
+import logging
+
+from mitmproxy import connection
+
+HOOKS = ("client_connected", "tls_start_client", "tls_established_client", "tls_failed_client", "requestheaders", "request", "responseheaders", "response", "websocket_start",
+         "websocket_end", "client_disconnected")
+
+
+def _client(arg):
+    for path in ("client_conn", "context.client", "client"):
+        value = arg
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        if isinstance(value, connection.Client):
+            return value
+    return arg if isinstance(arg, connection.Client) else None
+
+
+def _tracer(name):
+    def trace(arg):
+        client = _client(arg)
+        logging.getLogger("hooktrace").info("hook_seen port=%s name=%s", client.peername[1] if client else 0, name)
+    return trace
+
+
+class Trace:
+    pass
+
+
+for _name in HOOKS:
+    setattr(Trace, _name, staticmethod(_tracer(_name)))
+addons = [Trace()]
+"""
+HOOK_SEEN = re.compile(r"hook_seen port=(\d+) name=(\w+)")
+
+
+def hooks_seen(log: str) -> list[list[str]]:
+    """The traced hooks of each client connection, in the order the connections first showed up."""
+    seen: dict[str, list[str]] = {}
+    for port, name in HOOK_SEEN.findall(log):
+        seen.setdefault(port, []).append(name)
+    return list(seen.values())
+
+
 @pytest.fixture(scope="module")
 def proxies(module_tmp: Path, upstream: Upstream) -> Iterator[dict[bool, tuple[Mitmdump, int, Path]]]:
-    """Two bridges with recording, metrics and a flow file: the fast path on (the default) and off."""
+    """Two bridges with recording, metrics, a flow file and a hook trace: the fast path on (the default) and off."""
+    trace = module_tmp / "hooktrace.py"
+    trace.write_text(HOOK_TRACE)
     started = {}
     for fast in (True, False):
         port, metrics, where = free_port(), free_port(), module_tmp / f"fast-{fast}"
         options = [*TEST_OPTIONS, f"codexbridge_metrics=127.0.0.1:{metrics}", f"codexbridge_record={where / 'rec'}",
                    f"save_stream_file={where / 'flows'}", f"codexbridge_fast_path={str(fast).lower()}"]
-        cmd = mitmdump_command(upstream.url, port, options, scripts=("bridge",))
+        cmd = mitmdump_command(upstream.url, port, options, scripts=("bridge",)) + ["-s", str(trace)]
         proxy = Mitmdump(start_process(cmd, port, module_tmp / f"mitmdump-{port}.log").child, upstream.url)
         started[fast] = (proxy, metrics, where)
     yield started
@@ -54,21 +102,25 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for s in family.samples if not s.name.endswith(("_bucket", "_sum", "_created"))}
 
 
-async def session(port: int) -> list[str]:
+async def session(port: int, tls: bool = False) -> list[str]:
     """Two turns, a ping, and the client's close."""
-    ws = await RawWebSocket.connect(port, headers={"Authorization": "Bearer sk-fastpathsecret"})
+    ws = await RawWebSocket.connect(port, headers={"Authorization": "Bearer sk-fastpathsecret"}, tls=tls)
     frames = await turn(ws, "say hi") + await turn(ws, "say hi again")
     await ws.close()
     return frames
 
 
-def normalised(where: Path) -> list[Any]:
+def newest(where: Path, count: int) -> Path:
+    files = sorted((where / "rec").glob("*.jsonl"), key=lambda f: f.stat().st_mtime_ns)
+    assert len(files) == count, files
+    return files[-1]
+
+
+def normalised(recording: Path) -> list[Any]:
     """A recording without its times and ids, with the upstream's bytes and the relayed count summed per stretch
     (how a stream is cut into reads differs from one run to the next)."""
-    files = sorted((where / "rec").glob("*.jsonl"))
-    assert len(files) == 1, files
     lines: list[Any] = []
-    for raw in files[0].read_text().splitlines():
+    for raw in recording.read_text().splitlines():
         record = json.loads(VOLATILE.sub(lambda m: m.group(1) or m.group(2) or m.group(3) or "msg", raw))
         for volatile in ("t", "started_at"):
             record.pop(volatile, None)
@@ -80,10 +132,14 @@ def normalised(where: Path) -> list[Any]:
             lines[-1]["synthetic"] += bool(record.get("synthetic"))
             continue
         lines.append(record)
-    tail = [line.get("kind") for line in lines[-3:]]
-    if tail == ["close", "upstream_end", "complete"]:  # the last stream's end and the client's close race
-        lines[-3], lines[-2] = lines[-2], lines[-3]
-    return lines
+    ordered: list[Any] = []
+    for line in lines:  # an upstream stream's end races the client's next frame or close: put right after its stream
+        if line.get("kind") == "upstream_end":
+            at = max((i for i, x in enumerate(ordered) if x.get("kind") in ("stream", "upstream_end")), default=-1)
+            ordered.insert(at + 1, line)
+        else:
+            ordered.append(line)
+    return ordered
 
 
 def flows(where: Path) -> list[Any]:
@@ -91,16 +147,23 @@ def flows(where: Path) -> list[Any]:
         return list(io.FlowReader(f).stream())
 
 
-def ended(where: Path, metrics: int) -> bool:
-    """The session's end reached the flow file, the metrics and the recording."""
-    recording = next((where / "rec").glob("*.jsonl"), None)
-    return ((where / "flows").exists() and bool(flows(where))
+def ended(where: Path, metrics: int, count: int) -> bool:
+    """The count-th session's end reached the flow file, the metrics and the recording."""
+    recordings = list((where / "rec").glob("*.jsonl"))
+    return ((where / "flows").exists() and len(flows(where)) == count
             and scrape(metrics).get(("codexbridge_sessions_open", (("mode", "bridge"),))) == 0
-            and recording is not None and '"kind":"complete"' in recording.read_text())
+            and len(recordings) == count and all('"kind":"complete"' in r.read_text() for r in recordings))
 
 
 def lines_paired(proxy: Mitmdump) -> bool:
-    return proxy.log.count("client connect") == proxy.log.count("client disconnect")
+    """mitmproxy's connection lines come in pairs, and the last connection's last hook ran."""
+    hooks = hooks_seen(proxy.log)
+    return (connection_lines(proxy, "connect") == connection_lines(proxy, "disconnect")
+            and bool(hooks) and hooks[-1][-1] == "client_disconnected")
+
+
+def connection_lines(proxy: Mitmdump, what: str) -> int:
+    return len(re.findall(rf"\] client {what}$", proxy.log, re.MULTILINE))
 
 
 async def settle(check: Any, timeout: float = 10) -> None:
@@ -109,23 +172,30 @@ async def settle(check: Any, timeout: float = 10) -> None:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_a_bridged_upgrade_takes_the_fast_path_and_looks_the_same_as_through_mitmproxy(
-        proxies: dict[bool, tuple[Mitmdump, int, Path]]) -> None:
+        proxies: dict[bool, tuple[Mitmdump, int, Path]], tls: bool) -> None:
     results = {}
+    count = 1 + tls  # (the TLS case runs second, on the same proxies)
     for fast, (proxy, metrics, where) in proxies.items():
-        frames = asyncio.run(session(proxy.port))
-        asyncio.run(settle(functools.partial(ended, where, metrics)))
+        taken = proxy.log.count(FAST)
+        frames = asyncio.run(session(proxy.port, tls))
+        asyncio.run(settle(functools.partial(ended, where, metrics, count)))
         asyncio.run(settle(functools.partial(lines_paired, proxy)))
-        results[fast] = (frames, scrape(metrics), normalised(where), flows(where), proxy.log.count(FAST),
-                         proxy.log.count("client connect"))
+        results[fast] = (frames, scrape(metrics), normalised(newest(where, count)), flows(where)[-1:],
+                         proxy.log.count(FAST) - taken, connection_lines(proxy, "connect"),
+                         hooks_seen(proxy.log)[-1])
     on, off = results[True], results[False]
     assert on[4] == 1 and off[4] == 0  # the fast path served the upgrade only where it is on
     assert on[5] == off[5] >= 1  # mitmproxy's connection lines, where they are shown (the start's port probe too)
     assert [json.loads(f)["type"] for f in on[0]] == [json.loads(f)["type"] for f in off[0]]
     assert on[1] == off[1]  # the same metrics, counter by counter
-    assert on[1][("codexbridge_sessions_total", (("mode", "bridge"),))] == 1
+    assert on[1][("codexbridge_sessions_total", (("mode", "bridge"),))] == count
     assert on[2] == off[2]  # the same recording, line by line (times and ids aside)
     assert "sk-fastpathsecret" not in json.dumps(on[2])  # redacted on the fast path too
+    assert on[6] == off[6]  # the same hooks (those traced: an addon with next_layer or tls_clienthello turns it off)
+    if tls:
+        assert on[6][:3] == ["client_connected", "tls_start_client", "tls_established_client"]
     (flow_on,), (flow_off,) = on[3], off[3]  # the flow file holds the session, frames and all, as before
     assert flow_on.response.status_code == flow_off.response.status_code == 101
     assert len(flow_on.websocket.messages) == len(flow_off.websocket.messages) > 2
@@ -152,19 +222,24 @@ def test_other_traffic_still_goes_through_mitmproxy(proxies: dict[bool, tuple[Mi
 
     assert asyncio.run(other_upgrade()) != 101
 
-    async def over_tls() -> str:  # TLS to the proxy: mitmproxy's TLS layer, then the bridge as before
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        async with websockets.connect(f"wss://127.0.0.1:{proxy.port}/v1/responses", ssl=context, open_timeout=10) as ws:
-            await ws.send(json.dumps({"type": "response.create", "model": "m", "input": "say hi"}))
-            while True:
-                event = json.loads(await ws.recv())
-                if event["type"] in ("response.completed", "error"):
-                    return str(event["type"])
-
-    assert asyncio.run(over_tls()) == "response.completed"
     assert proxy.log.count(FAST) == before
-    assert "stage=session_end mode=bridge" in proxy.log
+
+    # Over TLS the request is seen once decrypted: anything but a bridged upgrade is given back to mitmproxy's
+    # layers, its TLS connection and all, and keeps working (two requests on one connection, the POST streamed).
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    over_tls = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context, timeout=15)
+    try:
+        over_tls.request("POST", "/v1/responses", body=body, headers={"Content-Type": "application/json"})
+        first = over_tls.getresponse()
+        assert first.status == 200 and b"response.completed" in first.read()
+        over_tls.request("GET", "/v1/models?probe=1")  # the upstream has no such route: its own 404 comes back
+        second = over_tls.getresponse()
+        assert second.status == 404 and b"no route for GET /v1/models" in second.read()
+    finally:
+        over_tls.close()
+    assert proxy.log.count(FAST) == before
+    assert "Client TLS handshake failed" not in proxy.log
 
 
 def test_passthrough_upgrades_go_through_mitmproxy(module_tmp: Path, ws_upstream: Upstream) -> None:
@@ -176,5 +251,38 @@ def test_passthrough_upgrades_go_through_mitmproxy(module_tmp: Path, ws_upstream
         assert json.loads(frames[-1])["type"] == "response.completed"
         assert FAST not in proxy.log
         assert ws_upstream.stats()["ws_connections"] >= 1  # the upstream itself served the session
+    finally:
+        proxy.stop()
+
+
+def test_a_failed_tls_handshake_is_reported_as_by_mitmproxy(proxies: dict[bool, tuple[Mitmdump, int, Path]]) -> None:
+    async def distrustful(port: int) -> None:  # checks the certificate against the system's CAs: it fails
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(),
+                                          server_hostname="localhost")
+
+    seen = {}
+    for fast, (proxy, _, _) in proxies.items():
+        failed = proxy.log.count("Client TLS handshake failed")
+        asyncio.run(distrustful(proxy.port))
+        asyncio.run(settle(functools.partial(lines_paired, proxy)))
+        assert proxy.log.count("Client TLS handshake failed") == failed + 1
+        seen[fast] = (hooks_seen(proxy.log)[-1], re.findall(r"\] (Client TLS handshake failed\..*)", proxy.log)[-1])
+    assert seen[True] == seen[False]  # the same hooks and the same line, from the fast path and from mitmproxy
+    assert seen[True][0] == ["client_connected", "tls_start_client", "tls_failed_client", "client_disconnected"]
+    assert "for localhost" in seen[True][1]
+
+
+def test_an_addon_that_decides_on_tls_keeps_mitmproxy_s_tls_layer(module_tmp: Path, upstream: Upstream) -> None:
+    script = module_tmp / "clienthello.py"
+    script.write_text("class Hello:\n    def tls_clienthello(self, data):\n        pass\n\n\naddons = [Hello()]\n")
+    port = free_port()
+    cmd = mitmdump_command(upstream.url, port, TEST_OPTIONS, scripts=("bridge",)) + ["-s", str(script)]
+    proxy = Mitmdump(start_process(cmd, port, module_tmp / f"mitmdump-{port}.log").child, upstream.url)
+    try:
+        frames = asyncio.run(session(port, tls=True))
+        assert json.loads(frames[-1])["type"] == "response.completed"
+        asyncio.run(settle(lambda: "stage=session_end mode=bridge" in proxy.log))
+        assert FAST not in proxy.log  # the addon could have asked to leave the connection alone: mitmproxy decides
     finally:
         proxy.stop()

@@ -94,3 +94,16 @@ def test_the_101_is_what_response_make_makes() -> None:
     ours, theirs = mitm.switching_protocols(fields), http.Response.make(101, b"", fields)
     ours.timestamp_start, ours.timestamp_end = theirs.timestamp_start, theirs.timestamp_end
     assert ours.get_state() == theirs.get_state()
+
+
+def test_the_internals_check_covers_what_the_fast_path_over_tls_relies_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy.addons import next_layer
+    from mitmproxy.proxy.layers import tls as tls_layers
+
+    monkeypatch.delattr(tls_layers, "TlsFailedClientHook")
+    with pytest.raises(IncompatibleMitmproxy, match="TlsFailedClientHook is missing"):
+        check_internals()
+    monkeypatch.undo()
+    monkeypatch.setattr(next_layer.NextLayer, "_setup_reverse_proxy", staticmethod(lambda context, data: None))
+    with pytest.raises(IncompatibleMitmproxy, match="reverse-mode stack is not what the fast path over TLS reproduces"):
+        check_internals()

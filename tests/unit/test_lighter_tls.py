@@ -160,3 +160,24 @@ def test_the_sessions_layers_get_small_queues() -> None:
     queue.append(second)
     assert queue and list(queue) == [first, second]
     assert queue.popleft() is first and queue.popleft() is second and not queue
+
+
+@pytest.mark.parametrize("size", [1, 200, 16384, 16385, 300_000])
+def test_encrypt_makes_the_records_sendall_and_bio_read_make(size: int) -> None:
+    s, c = connected()
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    records = tls.encrypt(s, payload)  # (beyond one record pyOpenSSL's contexts write partially: the rest follows)
+    assert records and tls.encrypt(s, b"") == b""  # nothing left behind in the BIO
+    c.bio_write(records)
+    got = b""
+    while len(got) < size:
+        got += c.recv(1 << 20)
+    assert got == payload
+    send(s, c, b"after")  # the connection goes on, in step
+
+
+def test_encrypt_raises_as_sendall_does_once_the_connection_is_shut() -> None:
+    s, c = connected()
+    s.shutdown()
+    with pytest.raises(SSL.Error):
+        tls.encrypt(s, b"late")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import mitmproxy
 from mitmproxy.proxy.layers import http as http_layers
@@ -50,6 +52,7 @@ def check_internals() -> None:
         problems.append("ConnectionHandler.server_event/transports are missing")
     problems += _fast_path_problems()
     problems += _lighter_session_problems()
+    problems += _fast_tls_problems()
     if problems:
         raise IncompatibleMitmproxy(
             f"codexbridge cannot run on mitmproxy {mitmproxy.version.VERSION}: " + "; ".join(problems)
@@ -154,4 +157,55 @@ def _lighter_session_problems() -> list[str]:
         layer_init, uses = "", set()
     if "self._paused_event_queue = " not in layer_init or not uses <= {"append", "popleft"}:
         problems.append("mitmproxy's Layer._paused_event_queue is no longer a queue used with append and popleft only")
+    return problems
+
+
+def _fast_tls_problems() -> list[str]:
+    """What fast_tls.py (the fast path's own TLS handshake, and the layers it gives other requests back with) and
+    tls.encrypt rely on in mitmproxy and pyOpenSSL."""
+    from mitmproxy import certs, tls
+    from mitmproxy.addons import next_layer, tlsconfig
+    from mitmproxy.proxy import server, tunnel
+    from mitmproxy.proxy.layers import http as http_layers
+    from mitmproxy.proxy.layers import modes
+    from mitmproxy.proxy.layers import tls as tls_layers
+    from OpenSSL import SSL
+
+    problems = [f"mitmproxy.proxy.layers.tls.{name} is missing" for name in (
+        "parse_client_hello", "ClientTLSLayer", "ServerTLSLayer", "TlsClienthelloHook", "TlsStartClientHook",
+        "TlsEstablishedClientHook", "TlsFailedClientHook") if not hasattr(tls_layers, name)]
+    fields = getattr(tls.ClientHelloData, "__dataclass_fields__", {})
+    if not {"ignore_connection", "establish_server_tls_first"} <= set(fields) or not hasattr(tls, "TlsData"):
+        problems.append("mitmproxy.tls.ClientHelloData/TlsData are not what the fast path fills in")
+    if getattr(getattr(tunnel, "TunnelState", None), "OPEN", None) is None:
+        problems.append("mitmproxy's TunnelState.OPEN is missing")
+    if not callable(getattr(getattr(modes, "DestinationKnown", None), "finish_start", None)):
+        problems.append("mitmproxy's DestinationKnown.finish_start is missing")
+    if getattr(getattr(http_layers, "HTTPMode", None), "transparent", None) is None:
+        problems.append("mitmproxy's HTTPMode.transparent is missing")
+    if not callable(getattr(certs.Cert, "from_pyopenssl", None)):
+        problems.append("mitmproxy's Cert.from_pyopenssl is missing")
+    sources: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
+        "next_layer's reverse-mode stack": (lambda: next_layer.NextLayer._setup_reverse_proxy,
+                                            ("ClientTLSLayer(context)", "ServerTLSLayer(context)",
+                                             "HttpLayer(context, HTTPMode.transparent)")),
+        "ClientTLSLayer.__init__": (lambda: tls_layers.ClientTLSLayer.__init__,
+                                    ("self.recv_buffer =", "self.server_tls_available =")),
+        "tlsconfig's tls_clienthello": (lambda: tlsconfig.TlsConfig.tls_clienthello,
+                                        ("establish_server_tls_first", "connection_strategy")),
+        "ConnectionHandler.handle_client": (lambda: server.ConnectionHandler.handle_client,
+                                            ('self.log("client connect")', "ClientConnectedHook")),
+    }
+    for what, (get, needles) in sources.items():
+        try:
+            source = inspect.getsource(get())
+        except (AttributeError, OSError, TypeError):
+            source = ""
+        if not all(needle in source for needle in needles):
+            problems.append(f"mitmproxy's {what} is not what the fast path over TLS reproduces")
+    for name in ("SSL_write", "BIO_read"):
+        if not callable(getattr(SSL._lib, name, None)):
+            problems.append(f"pyOpenSSL's binding lacks {name}")
+    if not callable(getattr(SSL.Connection, "_raise_ssl_error", None)):
+        problems.append("pyOpenSSL's Connection._raise_ssl_error is missing")
     return problems

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import connection, ctx, flow, http
@@ -35,8 +35,10 @@ mitmproxy_log = logging.getLogger(server.__name__)  # the connection lines mitmp
 HEAD_LIMIT = 64 * 1024  # a longer request head goes to mitmproxy, which answers it as it always does
 HEAD_WAIT = 1.0  # seconds: a client slower than this to send its request head goes to mitmproxy
 _LINES = re.compile(rb"\r?\n")
+TLS_HANDSHAKE_RECORD = b"\x16"  # a TLS client's first byte
 
 Decide = Callable[[http.HTTPFlow], bool]
+TakeTls = Callable[["Handler", mode_specs.ReverseMode, asyncio.StreamReader], Awaitable["FastConnection | None"]]
 
 
 class _Taking:
@@ -45,6 +47,7 @@ class _Taking:
 
     path: bytes = b""
     decide: Decide | None = None
+    tls: TakeTls | None = None  # fast_tls.take, which registers itself (it builds on this module)
     taken = 0  # connections served here (for tests and logs)
 
 
@@ -66,6 +69,8 @@ class Handler(mode_servers.ProxyConnectionHandler):
 
     fast: FastConnection | None = None
 
+    _handed_back = False  # a FastConnection gave the connection back: its client_connected hook has run
+
     async def handle_client(self) -> None:
         fast = await _take(self)
         if fast is None:
@@ -73,7 +78,21 @@ class Handler(mode_servers.ProxyConnectionHandler):
         if fast is CLOSED_AT_ONCE:
             return await self._closed_at_once()
         self.fast = fast
-        await fast.serve()
+        if await fast.serve():
+            return
+        self.fast = None  # not a bridged upgrade after all (over TLS, seen only once decrypted): mitmproxy's own
+        self._handed_back = True  # handler carries on from the layers the FastConnection left (fast_tls.py)
+        await super().handle_client()
+
+    async def handle_hook(self, hook: commands.StartHook) -> None:
+        if self._handed_back and isinstance(hook, server_hooks.ClientConnectedHook):
+            return  # (it ran when the connection was accepted, before the FastConnection gave it back)
+        await super().handle_hook(hook)
+
+    def log(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if self._handed_back and message == "client connect":
+            return  # (logged when the connection was accepted)
+        super().log(message, *args, **kwargs)
 
     async def _closed_at_once(self) -> None:
         """A client that closed before sending a byte (a port probe): what mitmproxy's handler does for it (its own
@@ -134,23 +153,32 @@ async def _take(handler: Handler) -> FastConnection | None:
     head = await _peek_head(reader)
     if head is None and reader.at_eof() and not reader._buffer:  # type: ignore[attr-defined]  # (checked at load)
         return CLOSED_AT_ONCE
-    request = _bridged_request(head, mode) if head is not None else None
-    if head is None or request is None:
-        return None
-    flow_ = http.HTTPFlow(handler.client, handler.layer.context.server, live=True)  # (nothing of the handler's is changed yet)
-    flow_.request = request
-    try:
-        if not decide(flow_):
-            return None
-    except Exception:  # the bridge decides again in its request hook (and logs what fails there)
-        log.exception("stage=bridge_error client=%s: the fast path's decision failed; mitmproxy serves it",
-                      handler.client.peername)
+    if head is None and reader._buffer[:1] == TLS_HANDSHAKE_RECORD and taking.tls is not None:  # type: ignore[attr-defined]  # (checked at load)
+        return await taking.tls(handler, mode, reader)
+    flow_ = bridged_flow(handler, mode, head, decide) if head is not None else None
+    if head is None or flow_ is None:
         return None
     await reader.readexactly(len(head))  # at once: the bytes are in the buffer
     fast = FastConnection(handler, mode, flow_)
     taking.taken += 1
     log.debug("stage=fast_path client=%s: a bridged upgrade, served by codexbridge's listener", handler.client.peername)
     return fast
+
+
+def bridged_flow(handler: Handler, mode: mode_specs.ReverseMode, head: bytes, decide: Decide) -> http.HTTPFlow | None:
+    """The flow of a request head the bridge would answer with its 101; None for any other."""
+    request = _bridged_request(head, mode)
+    if request is None:
+        return None
+    flow_ = http.HTTPFlow(handler.client, handler.layer.context.server, live=True)  # (nothing of the handler's is changed yet)
+    flow_.request = request
+    try:
+        if decide(flow_):
+            return flow_
+    except Exception:  # the bridge decides again in its request hook (and logs what fails there)
+        log.exception("stage=bridge_error client=%s: the fast path's decision failed; mitmproxy serves it",
+                      handler.client.peername)
+    return None
 
 
 async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
@@ -272,8 +300,9 @@ class FastConnection:
     reach the connection's handler (proxyserver.connections: the outbox, inject.websocket), they find mitmproxy's
     handler with this one's watchdog, and its server_event comes here."""
 
-    def __init__(self, handler: Handler, mode: mode_specs.ReverseMode, flow_: http.HTTPFlow) -> None:
+    def __init__(self, handler: Handler, mode: mode_specs.ReverseMode, flow_: http.HTTPFlow | None) -> None:
         self.handler = handler
+        self.mode = mode
         self.client = handler.client
         self.context = context = handler.layer.context  # the connection's context (its layers are never run)
         context.layers = []
@@ -285,10 +314,13 @@ class FastConnection:
         io = handler.transports[self.client]
         self.writer: asyncio.StreamWriter = io.writer  # type: ignore[assignment]  # (a TCP listener's stream)
         self.reader: asyncio.StreamReader = io.reader  # type: ignore[assignment]
-        self.flow = flow_
+        self.flow: http.HTTPFlow = flow_  # type: ignore[assignment]  # (over TLS: made once the request is decrypted)
         self.layer: Any = None
 
-    async def serve(self) -> None:
+    async def serve(self) -> bool:
+        """Serves the connection to its end; False when it turned out not to be a bridged upgrade and was given back
+        to mitmproxy's handler (only over TLS, before any request hook ran)."""
+        stock_watchdog = self.handler.timeout_watchdog
         self.timeout_watchdog = self.handler.timeout_watchdog = _Watchdog(  # type: ignore[assignment]  # the same interface
             ctx.options.tcp_timeout, self._timed_out)
         self._lock = asyncio.Lock()
@@ -297,22 +329,40 @@ class FastConnection:
         shown = _shown(mitmproxy_log, logging.INFO)
         if shown:
             mitmproxy_log.info("client connect", extra=peer)
+        handed_back = False
         try:
             await self._hook(server_hooks.ClientConnectedHook(self.client))
             if self.client.error:
                 self._close()
-            elif await self._answer():
-                await self._read()
+            else:
+                begun = await self._begin()
+                if begun is None:
+                    handed_back = True
+                    self.timeout_watchdog.cancel()
+                    self.handler.timeout_watchdog = stock_watchdog
+                    return False
+                if begun and await self._answer():
+                    await self._read()
         finally:
-            self.timeout_watchdog.cancel()
-            with contextlib.suppress(OSError):
-                self.writer.close()
-            self.handler.transports.pop(self.client, None)
-            self.client.state = connection.ConnectionState.CLOSED
-            if shown:
-                mitmproxy_log.info("client disconnect", extra=peer)
-            self.client.timestamp_end = time.time()
-            await self._hook(server_hooks.ClientDisconnectedHook(self.client))
+            if not handed_back:
+                await self._end(shown, peer)
+        return True
+
+    async def _begin(self) -> bool | None:
+        """What comes before the upgrade's hooks: True to go on, False when the connection is done, None to give it
+        back to mitmproxy (a TLS connection's request, decrypted, is not a bridged upgrade)."""
+        return True
+
+    async def _end(self, shown: bool, peer: dict[str, Any]) -> None:
+        self.timeout_watchdog.cancel()
+        with contextlib.suppress(OSError):
+            self.writer.close()
+        self.handler.transports.pop(self.client, None)
+        self.client.state = connection.ConnectionState.CLOSED
+        if shown:
+            mitmproxy_log.info("client disconnect", extra=peer)
+        self.client.timestamp_end = time.time()
+        await self._hook(server_hooks.ClientDisconnectedHook(self.client))
 
     async def _answer(self) -> bool:
         """The upgrade's hooks and answer, as mitmproxy's HTTP layer runs them for a response set by an addon;
@@ -336,7 +386,7 @@ class FastConnection:
         if await self._killed():
             return False
         response = self._response()
-        self.writer.write(http1.assemble_response_head(response) + (response.raw_content or b""))
+        self._send(http1.assemble_response_head(response) + (response.raw_content or b""))
         if response.status_code != 101 or not f.websocket:
             # not the bridge's 101 (another addon answered or changed it): answered, then closed
             f.live = False
@@ -372,9 +422,8 @@ class FastConnection:
                 data = await reader.read(65535)
             except OSError:
                 break
-            if not data:
+            if not data or not await self._received(data):
                 break
-            await self.server_event(events.DataReceived(self.client, data))
             try:
                 await writer.drain()
             except OSError:
@@ -385,6 +434,15 @@ class FastConnection:
         if self.client.state & connection.ConnectionState.CAN_WRITE:
             await self._closed.wait()  # the layer still writes (its close handshake) until it closes the connection
 
+    async def _received(self, data: bytes) -> bool:
+        """The client's bytes to the layer; False at the end of the client's stream (over TLS: its close_notify)."""
+        await self.server_event(events.DataReceived(self.client, data))
+        return True
+
+    def _send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
     async def server_event(self, event: events.Event) -> None:
         """mitmproxy's server_event for one connection: the layer's commands carried out in order, no await among
         them; its hooks run after (the layer waits for their completion)."""
@@ -394,8 +452,8 @@ class FastConnection:
             try:
                 for command in self.layer.handle_event(event):
                     if isinstance(command, commands.SendData):
-                        if command.connection is self.client and not self.writer.is_closing():
-                            self.writer.write(command.data)
+                        if command.connection is self.client:
+                            self._send(command.data)
                     elif isinstance(command, commands.CloseConnection):
                         if command.connection is self.client:
                             self._close()

@@ -21,7 +21,7 @@ from mitmproxy.proxy.utils import expect
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from codexbridge.mitm import dispatch, fastpath, listen, tls
+from codexbridge.mitm import dispatch, fast_tls, fastpath, listen, tls
 from codexbridge.mitm.channel import DirectReader, wsproto_idle
 from codexbridge.mitm.keepalive_driver import KeepaliveDriver
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
@@ -129,7 +129,7 @@ class CodexWebsocketLayer(ws_layers.WebsocketLayer):
         buffers are released while idle from the handshake on: tls.py.)"""
         tls_layer = next((x for x in self.context.layers if isinstance(x, tls_layers.ClientTLSLayer)
                           and x.conn is self.context.client), None)
-        connection = getattr(tls_layer, "tls", None)
+        connection = getattr(tls_layer, "tls", None) or fast_tls.clients.get(self.context.client.id)
         if connection is not None:
             outbox.use_tls(connection)
             tls.shed_bios(connection)  # what the handshake left in its memory BIOs

@@ -13,7 +13,7 @@ from OpenSSL import SSL
 
 from codexbridge.mitm.channel import FlowConnections
 from codexbridge.mitm.messages import BridgeInjected, placeholder_message, server_text
-from codexbridge.mitm.tls import shed_bios
+from codexbridge.mitm.tls import encrypt, shed_bios
 from codexbridge.wire.wsframes import encode_text_frame
 
 if TYPE_CHECKING:
@@ -147,17 +147,14 @@ class ClientOutbox:
             shed_bios(self.tls)
 
     def _encrypt_to(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
-        tls = self.tls
         try:
-            tls.sendall(data)
-            while True:
-                try:
-                    writer.write(tls.bio_read(65535))
-                except SSL.WantReadError:
-                    return True
+            records = encrypt(self.tls, data)
         except SSL.Error:
             self.tls = None  # the TLS connection is closing: the layers take it from here
             return False
+        if records:
+            writer.write(records)
+        return True
 
     def trim_messages(self) -> None:
         """Keeps the flow's list of frames within the window: the oldest go, and the flow's metadata counts them."""

@@ -87,6 +87,28 @@ def _pending(bio: Any) -> int:
     return int(_lib.BIO_get_mem_data(bio, _ffi.new("char **")))
 
 
+_OUT = _ffi.new("char[]", 1 << 16)  # one buffer for every encrypt(): the event loop runs one at a time
+
+
+def encrypt(connection: SSL.Connection, data: bytes) -> bytes:
+    """The TLS records for `data` (what sendall, then bio_read until WantReadError, give), made with OpenSSL's calls
+    directly: pyOpenSSL's pair costs twice as much per frame, most of it the exception that ends its read loop
+    (measured: 9.8-12.8 vs 4.7-5.8 us for a 200-byte frame). Raises SSL.Error as sendall does."""
+    ssl = connection._ssl
+    result = _lib.SSL_write(ssl, data, len(data)) if data else 0
+    if result != len(data):  # an error, or a partial write (pyOpenSSL's contexts allow them): sendall's loop
+        if result <= 0 and data:
+            connection._raise_ssl_error(ssl, result)
+        connection.sendall(data[result:])
+    bio = connection._from_ssl
+    if _lib.BIO_get_mem_data(bio, _ffi.NULL) <= 0:
+        return b""
+    pieces = []
+    while (n := _lib.BIO_read(bio, _OUT, 1 << 16)) > 0:
+        pieces.append(_ffi.buffer(_OUT, n)[:])
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def shed_bios(connection: SSL.Connection) -> bool:
     """Gives a connection whose memory BIOs are empty a fresh pair: a memory BIO keeps the size of the most it ever
     held (the handshake's flight, a client's large frame, a burst encrypted at once) for as long as the connection
