@@ -134,11 +134,12 @@ class CodexBridge(CodexAddon):
         loader.add_option(
             "codexbridge_fast_path", bool, True,
             "Serve a bridged WebSocket upgrade straight from the reverse-mode listener: codexbridge looks at each new "
-            "connection's first request head, and when it is an upgrade the bridge answers, runs that connection "
-            "itself (the same hooks, flow, keepalive, recording and metrics) instead of mitmproxy's per-connection "
-            "layers, which cost several times more CPU per connection; every other connection (other paths, plain "
-            "HTTP, TLS, passthrough upgrades, other proxy modes) goes to mitmproxy untouched. Off: every connection "
-            "goes to mitmproxy.",
+            "connection's first request head (over TLS, once it has done the handshake with mitmproxy's TLS hooks), "
+            "and when it is an upgrade the bridge answers, runs that connection itself (the same hooks, flow, "
+            "keepalive, recording and metrics) instead of mitmproxy's per-connection layers, which cost several times "
+            "more CPU per connection; every other connection (other paths, plain HTTP, passthrough upgrades, other "
+            "proxy modes) goes to mitmproxy, a TLS one with its handshake done. Off: every connection goes to "
+            "mitmproxy.",
         )
         loader.add_option(
             "codexbridge_stream_sse", bool, True,
