@@ -214,6 +214,8 @@ def test_reverse_mode_in_front_of_a_tls_gateway(client_scheme: str, tmp_path: Pa
     flows = assert_bridged(result, tls_upstream.stats(), bridge)
     ws = websocket_flows(flows)[0]
     assert ws.client_conn.tls_established is (client_scheme == "https")
+    assert ws.client_conn.sni is None and ws.client_conn.tls_version == ("TLSv1.3" if client_scheme == "https" else None)
+    assert "stage=fast_path" in bridge.log  # served by the listener's fast path, over TLS too
     assert ws.request.pretty_url == f"{tls_upstream.url}/v1/responses"
     post = tls_upstream.requests()[0]
     assert post["method"] == "POST" and post["path"] == "/v1/responses"
