@@ -22,7 +22,7 @@ clients open their connection at once: the time each waits for its upgrade).
 Paired figures (d, f and g against a reference bridge without recording, TLS or metrics, both up at once,
 alternating): recording cost as throughput of bursts and as CPU of proxy plus recording worker for the
 paced sessions; TLS cost as proxy CPU for the paced sessions; metrics cost as throughput of bursts and as
-proxy CPU for the paced sessions, with the scrapes going on.
+proxy CPU for the paced sessions, with the scrapes going on. Each figure is the median of the pairs' own ratios.
 
 The clients are lean on purpose (raw asyncio streams; WebSocket frames are counted from their headers and
 the terminal event is found with one bytes search per read), so that they are not what is measured.
@@ -90,6 +90,17 @@ def pct(values: list[float], q: float) -> float | None:
 
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def paired_ratio(subject: list[float], reference: list[float]) -> float | None:
+    """The median of the ratios of the pairs (the i-th run of each, measured next to each other): the machine's
+    drift between pairs (a shared 2-vCPU VM: the same run's CPU spreads by +-20 % from minute to minute) cancels
+    within a pair, which a ratio of the two medians keeps."""
+    if len(subject) != len(reference):  # a run failed: the pairs no longer line up
+        a, b = median(subject), median(reference)
+        return a / b if a is not None and b else None
+    ratios = [s / r for s, r in zip(subject, reference, strict=True) if r]
+    return statistics.median(ratios) if ratios else None
 
 
 # -- lean clients ---------------------------------------------------------------------------------
@@ -528,7 +539,7 @@ class Params:
     burst: int = 20_000
     burst_repeats: int = 5
     paired_bursts: int = 6  # recording cost: d and an identical proxy without recording, alternating
-    paired_paced: int = 3  # pairs of paced runs (d or f, then the reference bridge, in ABBA order) for CPU ratios
+    paired_paced: int = 5  # pairs of paced runs (d, f or g, and the reference bridge, in ABBA order) for CPU ratios
     storm: int = 200  # clients opening at once
     storm_rounds: int = 3
     sessions: int = 200
@@ -859,7 +870,8 @@ class Runner:
                     client.close()
             self._advance()
         a, b = median(with_rec), median(without)
-        return {"cost": _r(1 - a / b, 4) if a and b else None, f"with_{feature}_events_per_s": _r(a, 1),
+        kept = paired_ratio(with_rec, without)
+        return {"cost": _r(1 - kept, 4) if kept is not None else None, f"with_{feature}_events_per_s": _r(a, 1),
                 f"without_{feature}_events_per_s": _r(b, 1), "pairs": pairs,
                 f"raw_with_{feature}": with_rec, f"raw_without_{feature}": without, "errors": errors}
 
@@ -992,7 +1004,8 @@ class Runner:
 
         s_stream, r_stream = med("subject", "stream_cpu_s"), med("reference", "stream_cpu_s")
         s_connect, r_connect = med("subject", "connect_cpu_s"), med("reference", "connect_cpu_s")
-        return {"ratio": _r(s_stream / r_stream, 3) if s_stream is not None and r_stream else None,
+        ratio = paired_ratio([r["stream_cpu_s"] for r in runs["subject"]], [r["stream_cpu_s"] for r in runs["reference"]])
+        return {"ratio": _r(ratio, 3),
                 "subject_cpu_s": _r(s_stream), "reference_cpu_s": _r(r_stream),
                 "connect_ratio": _r(s_connect / r_connect, 3) if s_connect is not None and r_connect else None,
                 "subject_connect_cpu_s": _r(s_connect), "reference_connect_cpu_s": _r(r_connect),
