@@ -36,6 +36,7 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import resource
@@ -84,7 +85,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))  # (round() rounds half to even: 95.5 -> 96)
     return s[k]
 
 
