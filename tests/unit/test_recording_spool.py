@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codexbridge.recording import worker
+from codexbridge.recording import worker, writer
 from codexbridge.recording.pipe import COUNT, PROGRESS, RECORD, SPOOL_START, TO_CLIENT_RELAYED, RecordingSink
 from codexbridge.recording.schema import REDACTED, HttpMessage, Recording, Redactor, load
 from codexbridge.recording.writer import SessionRecorder
@@ -174,4 +174,7 @@ def test_a_secret_across_two_reads_turns_to_explicit_frames(sink: RecordingSink,
 def test_a_read_with_a_github_token_is_redacted_and_ordinary_gh_is_not(tmp_path: Path, token: str) -> None:
     rec = SessionRecorder(str(tmp_path), "bridge", "u", HttpMessage(headers=[]), Redactor(), 0, "gh")
     assert rec.text(f"the right token is {token} here") == f"the right token is {REDACTED} here"
+    assert rec.text(f"token: {token}") == f"token: {REDACTED}", "without a 'gh' elsewhere in the text too"
     assert rec._clean("a high and mighty thought, right through"), "'gh' alone does not send a read to the regex"
+    for trigger in (*(t for t in writer._TRIGGERS if t != "gh"), *writer._GITHUB):  # _clean() spells them out
+        assert not rec._clean(f"x {trigger} y"), trigger

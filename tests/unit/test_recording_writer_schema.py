@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import typing
 from array import array
 from pathlib import Path
@@ -62,3 +64,16 @@ def test_the_writer_has_a_method_for_each_kind_of_event() -> None:
     methods = {name for name in vars(SessionRecorder) if not name.startswith("_")}
     for kind in schema_kinds():
         assert kind in methods, kind
+
+
+def test_event_times_are_written_as_json_writes_them(tmp_path: Path) -> None:
+    """The hot lines format t themselves (no float repr): the same text as json.dumps of the rounded float."""
+    rec = SessionRecorder(str(tmp_path), "bridge", "u", HttpMessage(headers=[]), Redactor(), 0, "t")
+    rng = random.Random(15)
+    samples = [0.0, 1e-7, 5e-5, 0.0001, 0.1234565, 0.9999995, 2.5, 1234.0000004, 86400.5, 1e9, 3e10]
+    samples += [rng.random() * 10 ** rng.uniform(-6, 10) for _ in range(20000)]
+    rec.clock0 = 1000.0
+    for t in samples:
+        rec.clock = 1000.0 + t
+        assert rec._t_json() == json.dumps(rec._t()), t
+    rec.discard()

@@ -60,6 +60,7 @@ MAX_LAG = 1 << 30  # bytes the worker may fall behind before recording stops
 _CHECK_EVERY = 4 << 20  # bytes written between two looks at the worker (alive, how far behind)
 _FLUSH_AFTER = 0.005  # seconds a record that no client frame depends on may wait in memory for company
 _WRITEV_MAX = 64  # records joined rather than handed to writev past this many pieces
+_JOIN_UNDER = 1 << 16  # ... or below this many bytes: one copy of them costs less than writev's setup
 
 
 class RecordingSink:
@@ -167,14 +168,13 @@ class RecordingSink:
             return
         self._pieces = []
         data: bytes | None = None
+        size = sum(map(len, pieces))
         try:
-            if len(pieces) <= _WRITEV_MAX:
-                size = sum(map(len, pieces))
-                written = os.writev(self._fd, pieces)
-            else:
+            if size < _JOIN_UNDER or len(pieces) > _WRITEV_MAX:
                 data = b"".join(pieces)
-                size = len(data)
                 written = os.write(self._fd, data)
+            else:
+                written = os.writev(self._fd, pieces)
             if written < size:  # a regular file takes it all unless it is full; try the rest once
                 rest = (data if data is not None else b"".join(pieces))[written:]
                 written += os.write(self._fd, rest)

@@ -278,5 +278,8 @@ def load(path: str) -> Recording:
         return parse_lines(f)
 
 
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dumps' own, made once
+
+
 def dumps_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return _LINE_ENCODER.encode(obj) + "\n"

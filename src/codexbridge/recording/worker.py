@@ -63,10 +63,9 @@ def _text(payload: bytes) -> str:
     return payload.decode("utf-8", "surrogatepass")
 
 
-# What each op calls on the session's recorder, with its payload.
+# What each op calls on the session's recorder, with its payload (besides the most frequent, UPSTREAM_CHUNK and
+# TO_CLIENT_RELAYED: Worker.records' own).
 HANDLERS: dict[int, Callable[[SessionRecorder, bytes], None]] = {
-    UPSTREAM_CHUNK: lambda r, p: r.upstream_chunk(p),
-    TO_CLIENT_RELAYED: lambda r, p: r.to_client_relayed(COUNT.unpack(p)[0]),
     TO_CLIENT: lambda r, p: r.to_client_packed(*_frames(p), synthetic=False),
     TO_CLIENT_SYNTHETIC: lambda r, p: r.to_client_packed(*_frames(p), synthetic=True),
     CLIENT_TEXT: lambda r, p: r.client_frame(_text(p)),
@@ -101,25 +100,19 @@ class Spool:
         except (OSError, AttributeError):
             pass
 
-    def read(self) -> tuple[bytes, int, bool]:
-        """The bytes available (after the part record held back), where complete records end in them, and whether
-        the read filled the buffer (more may be waiting)."""
+    def read(self) -> tuple[bytes, bool]:
+        """The bytes available (after the part record held back), and whether the read filled the buffer (more may
+        be waiting). The caller says with keep() where the complete records in them end."""
         want = READ_SIZE
         if len(self.rest) >= RECORD.size:  # a record larger than one read: the rest of it at once
             want = max(want, RECORD.size + RECORD.unpack_from(self.rest)[0] - len(self.rest))
         chunk = os.pread(self.fd, want, self.read_to)
         self.read_to += len(chunk)
-        data = self.rest + chunk if self.rest else chunk
-        end = 0
-        size = len(data)
-        header = RECORD.size
-        while end + header <= size:
-            record_end = end + header + RECORD.unpack_from(data, end)[0]
-            if record_end > size:
-                break
-            end = record_end
+        return (self.rest + chunk if self.rest else chunk), len(chunk) == want
+
+    def keep(self, data: bytes, end: int) -> None:
+        """The bytes from `end` on are a record read in part: read again with what follows."""
         self.rest = data[end:]
-        return data, end, len(chunk) == want
 
     @property
     def consumed(self) -> int:
@@ -148,37 +141,41 @@ class Worker:
 
     def __init__(self) -> None:
         self.sessions: dict[int, SessionRecorder] = {}
-        self.starts: dict[int, float] = {}  # the proxy's monotonic clock when each session began
         self.failed: set[int] = set()  # sessions whose failure was reported to the proxy
         self.redactors: dict[tuple[str, ...], Redactor] = {}
-        self.dirty: set[SessionRecorder] = set()
 
-    def records(self, data: bytes, end: int) -> None:
+    def records(self, data: bytes) -> int:
+        """Processes the complete records in `data`; returns where they end."""
         pos = 0
-        unpack = RECORD.unpack_from
+        unpack, count = RECORD.unpack_from, COUNT.unpack_from
         header = RECORD.size
-        sessions, starts, dirty = self.sessions, self.starts, self.dirty
-        while pos < end:
+        n = len(data)
+        limit = n - header  # where the last record header that fits starts
+        sessions, handlers = self.sessions, HANDLERS
+        while pos <= limit:
             size, key, op, clock = unpack(data, pos)
-            payload = data[pos + header:pos + header + size]
-            pos += header + size
+            start = pos + header
+            if start + size > n:
+                break  # the proxy is writing it, or was killed while writing it
+            pos = start + size
             recorder = sessions.get(key)
             if recorder is None:
                 if op == OPEN:
-                    self.open(key, clock, payload)
+                    self.open(key, clock, data[start:pos])
                 continue
-            recorder.fixed_t = round(clock - starts[key], 6)
-            handler = HANDLERS.get(op)
-            if handler is not None:
-                handler(recorder, payload)
-                if recorder.dirty:
-                    dirty.add(recorder)
+            recorder.clock = clock
+            if op == UPSTREAM_CHUNK:  # the most frequent ops first, without a call in between
+                recorder.upstream_chunk(data[start:pos])
+            elif op == TO_CLIENT_RELAYED:
+                recorder.to_client_relayed(count(data, start)[0])
+            elif op in handlers:
+                handlers[op](recorder, data[start:pos])
             elif op in ENDS:
                 ENDS[op](recorder)
-                del sessions[key], starts[key]
-                dirty.discard(recorder)
+                del sessions[key]
             if recorder.failed:
                 self.report(key)
+        return pos
 
     def open(self, key: int, clock: float, payload: bytes) -> None:
         directory, mode, upstream, request, patterns, elide_over, label, path, started = pickle.loads(payload)
@@ -188,15 +185,15 @@ class Worker:
         recorder = SessionRecorder(directory, mode, upstream, HttpMessage.model_validate(request), redactor,
                                    elide_over, label, path=Path(path), started=dt.datetime.fromisoformat(started))
         recorder.flush_each = False
+        recorder.clock0 = clock
         self.sessions[key] = recorder
-        self.starts[key] = clock
         if recorder.failed:
             self.report(key)
 
     def flush(self) -> None:
-        for recorder in self.dirty:
-            recorder.flush()
-        self.dirty.clear()
+        for recorder in self.sessions.values():
+            if recorder.dirty:
+                recorder.flush()
 
     def close_all(self) -> None:
         """The proxy went away mid-session: the files end where the spool did (no completion line)."""
@@ -223,9 +220,10 @@ def serve(spool_fd: int, lifeline: int) -> None:
     idle_wait = BUSY_POLL
     last_flush = time.monotonic()
     while True:
-        data, end, more = spool.read()
+        data, more = spool.read()
+        end = worker.records(data)
+        spool.keep(data, end)
         if end:
-            worker.records(data, end)
             spool.progress()
         if more:
             continue
