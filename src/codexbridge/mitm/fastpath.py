@@ -195,14 +195,14 @@ async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
                     return bytes(buffer[:end + 4])
                 if len(buffer) > HEAD_LIMIT or reader.at_eof():
                     return None
-                if not buffer and _read_now(reader):
+                if not buffer and read_now(reader):
                     continue
                 await reader._wait_for_data("codexbridge")  # type: ignore[attr-defined]  # asyncio's own wait for more bytes, nothing consumed (checked at load)
     except (TimeoutError, RuntimeError, OSError):
         return None
 
 
-def _read_now(reader: asyncio.StreamReader) -> bool:
+def read_now(reader: asyncio.StreamReader) -> bool:
     """Reads the socket now, as the loop would when it is readable: True when that brought bytes or the end.
 
     A new connection's first bytes are usually in the kernel already when its handler starts (the client sent its
