@@ -107,6 +107,7 @@ class FastTLSConnection(fastpath.FastConnection):
         client.sni = self.hello.sni
         client.alpn_offers = self.hello.alpn_protocols
         hello = mitmproxy_tls.ClientHelloData(self.context, self.hello)
+        self.hello = None  # type: ignore[assignment]  # (its parse tree is not kept for the connection's life)
         await self._hook(tls_layers.TlsClienthelloHook(hello))
         if hello.ignore_connection or hello.establish_server_tls_first:  # (take() saw that no other addon decides)
             log.error("stage=bridge_error client=%s: an addon changed tls_clienthello's decision after the fast path "
