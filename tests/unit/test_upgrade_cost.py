@@ -1,10 +1,12 @@
 """What makes a bridged upgrade cheaper before its 101 changes nothing: the one-pass handshake headers, the option
-reads and ids of mitm.overhead, the session's handshake state made when first used, errors in hook dispatch."""
+reads and ids of mitm.overhead, the session's handshake state made when first used, errors in hook dispatch; and
+the collection after sessions waits for a lull in upgrades."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,6 +17,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import taddons, tflow
 
+from codexbridge.addons.bridge import GC_LULL, GC_MAX_DELAY, CodexBridge
 from codexbridge.addons.common import handshake_fields, header, is_websocket_upgrade, upgrade_fields
 from codexbridge.bridge.session import BridgeSession, SessionConfig
 from codexbridge.bridge.upstream import UpstreamPool, UpstreamSettings
@@ -165,3 +168,25 @@ def test_an_options_error_in_a_hook_goes_on_as_with_mitmproxys_dispatch(cached: 
         assert calls == ["raising"]
     finally:
         dispatch.uninstall()
+
+
+def test_the_collection_after_sessions_waits_for_a_lull_in_upgrades_but_not_forever() -> None:
+    async def main() -> None:
+        bridge = CodexBridge()
+        bridge._gc_tuned = True
+        bridge.websocket_end(tflow.twebsocketflow())
+        assert bridge._gc_timer is not None
+        bridge._gc_timer.cancel()
+        bridge._last_upgrade = time.monotonic()  # a storm is on: the collection waits
+        bridge._collect()
+        assert bridge._gc_timer is not None and bridge._gc_cost == 0.0
+        bridge._gc_timer.cancel()
+        bridge._last_upgrade = time.monotonic() - GC_LULL  # a lull: it runs
+        bridge._collect()
+        assert bridge._gc_timer is None and bridge._gc_cost > 0.0
+        bridge._gc_cost, bridge._last_upgrade = 0.0, time.monotonic()  # upgrades never stop: it runs once overdue
+        bridge._gc_due = asyncio.get_running_loop().time() - GC_MAX_DELAY
+        bridge._collect()
+        assert bridge._gc_timer is None and bridge._gc_cost > 0.0
+
+    asyncio.run(main())

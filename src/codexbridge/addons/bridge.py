@@ -34,6 +34,8 @@ log = logging.getLogger("codexbridge")
 GC_YOUNG_THRESHOLD = 10_000
 GC_AFTER_END = 1.0  # seconds from a session's end to the collection that frees it (later ends share it)
 GC_SHARE = 0.05  # at most this share of the time goes to those collections
+GC_LULL = 0.25  # seconds without a new upgrade that collection waits for (a connection storm is not paused by it)
+GC_MAX_DELAY = 10.0  # seconds past its time that it waits for such a lull at most
 
 MODES = ("bridge", "passthrough", "auto", "reject", "off")
 REFUSALS = (404, 405, 426)
@@ -54,6 +56,8 @@ class CodexBridge(CodexAddon):
         self._gc_timer: asyncio.TimerHandle | None = None
         self._gc_last = 0.0  # when the last collection after a session's end ran (loop time), and its cost
         self._gc_cost = 0.0
+        self._gc_due = 0.0  # when the collection planned was due (loop time)
+        self._last_upgrade = 0.0  # when the last upgrade on the Codex path came (time.monotonic, as the loop's time)
         self.ws_support: dict[str, tuple[bool, float]] = {}  # auto mode: upstream -> (speaks WS, until)
         self.upgrade_memory = UpgradeMemory()  # what Codex reads only at the 101, as each upstream last said it
         self._configs: dict[tuple[str, str], SessionConfig] = {}  # by upstream and proxy mode, until an option changes
@@ -121,7 +125,8 @@ class CodexBridge(CodexAddon):
             "streams allocate many short-lived objects, and full scans of the startup heap were the largest "
             "source of throughput jitter in codexbridge bench. Full collections, which the tuning makes rare, "
             f"run instead {GC_AFTER_END:g} s after WebSocket sessions end (mitmproxy's own objects hold a "
-            f"finished flow in reference cycles), at most {GC_SHARE:.0%} of the time.",
+            f"finished flow in reference cycles), at most {GC_SHARE:.0%} of the time, and once no new upgrade has come "
+            f"for {GC_LULL:g} s (at most {GC_MAX_DELAY:g} s later), so that a connection storm is not paused by one.",
         )
         loader.add_option(
             "codexbridge_upgrade_headers", Sequence[str], [],
@@ -214,9 +219,15 @@ class CodexBridge(CodexAddon):
         if self._gc_tuned and self._gc_timer is None:
             loop = asyncio.get_running_loop()
             wait = max(GC_AFTER_END, self._gc_last + self._gc_cost / GC_SHARE - loop.time())
+            self._gc_due = loop.time() + wait
             self._gc_timer = loop.call_later(wait, self._collect)
 
     def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet = time.monotonic() - self._last_upgrade
+        if quiet < GC_LULL and loop.time() < self._gc_due + GC_MAX_DELAY:
+            self._gc_timer = loop.call_later(GC_LULL - quiet, self._collect)
+            return
         self._gc_timer = None
         started = time.perf_counter()
         found = gc.collect()
@@ -269,6 +280,7 @@ class CodexBridge(CodexAddon):
         fields = upgrade_fields(flow.request)
         if fields is None or not on_codex_path(flow):
             return
+        self._last_upgrade = time.monotonic()
         if mode == "reject":
             flow.response = http.Response.make(
                 426,
