@@ -5,16 +5,20 @@ path; everything else still goes through mitmproxy (over TLS: given back to it o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.client
 import json
 import re
+import socket
 import ssl
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h2.connection
+import h2.events
 import pytest
 import websockets
 from mitmproxy import io
@@ -162,6 +166,11 @@ def lines_paired(proxy: Mitmdump) -> bool:
             and bool(hooks) and hooks[-1][-1] == "client_disconnected")
 
 
+def torn_down(proxy: Mitmdump) -> bool:
+    """lines_paired, and the server side's teardown (when there was one) logged to its end."""
+    return lines_paired(proxy) and proxy.log.count("closing transports...") == proxy.log.count("transports closed!")
+
+
 def connection_lines(proxy: Mitmdump, what: str) -> int:
     return len(re.findall(rf"\] client {what}$", proxy.log, re.MULTILINE))
 
@@ -238,6 +247,7 @@ def test_other_traffic_still_goes_through_mitmproxy(proxies: dict[bool, tuple[Mi
         assert second.status == 404 and b"no route for GET /v1/models" in second.read()
     finally:
         over_tls.close()
+    assert http2_get(proxy.port, "/v1/models") == ("h2", "404")  # ALPN h2: mitmproxy's HTTP/2 layer serves it
     assert proxy.log.count(FAST) == before
     assert "Client TLS handshake failed" not in proxy.log
 
@@ -286,3 +296,65 @@ def test_an_addon_that_decides_on_tls_keeps_mitmproxy_s_tls_layer(module_tmp: Pa
         assert FAST not in proxy.log  # the addon could have asked to leave the connection alone: mitmproxy decides
     finally:
         proxy.stop()
+
+
+async def tls_client_that_leaves(port: int, sends: bytes) -> bytes:
+    """A TLS client that sends `sends` (maybe nothing, maybe half a request), then closes (with its close_notify)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    answer = b""
+    if sends:
+        writer.write(sends)
+        await writer.drain()
+        if sends.endswith(b"\r\n\r\n"):
+            answer = await reader.read(64)
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        async with asyncio.timeout(2):
+            await writer.wait_closed()
+    return answer
+
+
+def http2_get(port: int, path: str) -> tuple[str | None, str | None]:
+    """A GET over HTTP/2 negotiated by ALPN: the protocol agreed and the answer's status."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                              (":authority", f"127.0.0.1:{port}")], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status = None
+        while status is None:
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"].decode()
+            tls.sendall(conn.data_to_send())
+        return tls.selected_alpn_protocol(), status
+
+
+LINE = re.compile(r"^\[[\d:.]+\]\[127\.0\.0\.1:\d+\] (.*)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("sends", [b"", b"GET /v1/responses HTTP/1.1\r\nHost: x\r\n",
+                                   b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                                   b"GET /v1/other HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"],
+                         ids=["nothing", "half-a-head", "h2-prior-knowledge", "another-path"])
+def test_a_tls_client_without_a_bridged_upgrade_is_served_as_by_mitmproxy(
+        proxies: dict[bool, tuple[Mitmdump, int, Path]], sends: bytes) -> None:
+    seen = {}
+    for fast, (proxy, _, _) in proxies.items():
+        before = len(LINE.findall(proxy.log))
+        answer = asyncio.run(tls_client_that_leaves(proxy.port, sends))
+        asyncio.run(settle(functools.partial(torn_down, proxy)))
+        seen[fast] = (answer[:12], LINE.findall(proxy.log)[before:])
+        assert "has crashed" not in proxy.log
+    assert seen[True] == seen[False]  # the same answer and the same connection lines, handed back or not
+    assert seen[True][1][0] == "client connect" and "client disconnect" in seen[True][1]

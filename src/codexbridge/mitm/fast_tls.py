@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from mitmproxy import certs, ctx
+from mitmproxy import certs, connection, ctx
 from mitmproxy import tls as mitmproxy_tls
 from mitmproxy.proxy import commands, events, layer, mode_specs, tunnel
 from mitmproxy.proxy.layers import http as http_layers
@@ -82,6 +82,7 @@ class FastTLSConnection(fastpath.FastConnection):
         self.received = received  # the bytes read before the handshake began (the ClientHello, maybe more)
         self.tls: SSL.Connection = None  # type: ignore[assignment]  # (made by the tls_start_client hook)
         self.plaintext = bytearray()  # decrypted, not yet handed on
+        self.client_closed = False  # the client's close_notify came
 
     async def _begin(self) -> bool | None:
         if not await self._handshake():
@@ -90,8 +91,7 @@ class FastTLSConnection(fastpath.FastConnection):
         decide = fastpath.taking.decide
         flow_ = fastpath.bridged_flow(self.handler, self.mode, head, decide) if head and decide else None
         if flow_ is None:
-            self._flush()  # (what the TLS connection holds goes first: mitmproxy's layer writes only what comes next)
-            self._give_back()
+            await self._give_back()
             return None
         del self.plaintext[:len(head)]  # type: ignore[arg-type]  # (head is bytes here)
         self.flow = flow_
@@ -199,11 +199,12 @@ class FastTLSConnection(fastpath.FastConnection):
                     end = plaintext.find(b"\r\n\r\n")
                     if end >= 0:
                         return bytes(plaintext[:end + 4])
-                    if len(plaintext) > fastpath.HEAD_LIMIT:
+                    if len(plaintext) > fastpath.HEAD_LIMIT or self.client_closed:
                         return None
                     data = await self._read_some()
-                    if not data or not self._decrypt(data, flush=False):
+                    if not data:
                         return None
+                    self._decrypt(data, flush=False)
         except TimeoutError:
             return None
 
@@ -221,6 +222,7 @@ class FastTLSConnection(fastpath.FastConnection):
                 break
             except SSL.ZeroReturnError:
                 open_ = False
+                self.client_closed = True
                 break
             except SSL.Error as e:
                 fastpath.mitmproxy_log.warning(f"TLS Error: {e}", extra={"client": self.client.peername})
@@ -271,12 +273,16 @@ class FastTLSConnection(fastpath.FastConnection):
         clients.pop(self.client.id, None)
         await super()._end(shown, peer)
 
-    def _give_back(self) -> None:
+    async def _give_back(self) -> None:
         """From here on mitmproxy's handler serves the connection, with the layers its next_layer addon would have
-        put there (GivenBack)."""
+        put there (GivenBack), and what was decrypted so far; its reader starts at the next byte."""
+        reader = self.reader
+        if reader._buffer and not self.client_closed:  # type: ignore[attr-defined]  # (checked at load)
+            self._decrypt(await reader.read(len(reader._buffer)), flush=False)  # type: ignore[attr-defined]
+        self._flush()  # (what the TLS connection holds goes first: mitmproxy's layer writes only what comes next)
         clients.pop(self.client.id, None)
         self.context.layers = []
-        self.handler.layer = GivenBack(self.context, self.tls, bytes(self.plaintext))
+        self.handler.layer = GivenBack(self.context, self.tls, bytes(self.plaintext), self.client_closed)
         self.plaintext.clear()
 
 
@@ -285,10 +291,11 @@ class GivenBack(modes.ReverseProxy):
     mitmproxy's next_layer addon picks for a TLS client in this mode: a ServerTLSLayer for an https upstream,
     the client's TLS layer (here past its handshake), the HTTP layer."""
 
-    def __init__(self, context: Any, tls: SSL.Connection, plaintext: bytes) -> None:
+    def __init__(self, context: Any, tls: SSL.Connection, plaintext: bytes, client_closed: bool) -> None:
         super().__init__(context)
         self._tls = tls
         self._plaintext = plaintext
+        self._client_closed = client_closed
 
     @expect(events.Start)
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -301,7 +308,7 @@ class GivenBack(modes.ReverseProxy):
             if not context.options.keep_host_header:
                 context.server.sni = spec.address[0]
             server_tls = tls_layers.ServerTLSLayer(context)
-        client_tls = EstablishedClientTLS(context, self._tls, self._plaintext)
+        client_tls = EstablishedClientTLS(context, self._tls, self._plaintext, self._client_closed)
         client_tls.child_layer = http_layers.HttpLayer(context, http_layers.HTTPMode.transparent)
         if server_tls is not None:
             server_tls.child_layer = client_tls
@@ -312,10 +319,11 @@ class GivenBack(modes.ReverseProxy):
 
 
 class EstablishedClientTLS(tls_layers.ClientTLSLayer):
-    """mitmproxy's ClientTLSLayer once its handshake is done: what was decrypted before it took over goes to its
-    child first."""
+    """mitmproxy's ClientTLSLayer once its handshake is done: what was decrypted before it took over (and the
+    client's close_notify, if that came too) goes to its child first, on a wakeup right after the start, when
+    mitmproxy's handler reads the connection (a close during the start would find no reader to stop)."""
 
-    def __init__(self, context: Any, tls: SSL.Connection, plaintext: bytes) -> None:
+    def __init__(self, context: Any, tls: SSL.Connection, plaintext: bytes, client_closed: bool) -> None:
         # (not ClientTLSLayer.__init__: it would clear the client's TLS attributes, set by the handshake)
         tunnel.TunnelLayer.__init__(self, context, tunnel_connection=context.client, conn=context.client)
         self.tls = tls
@@ -324,12 +332,27 @@ class EstablishedClientTLS(tls_layers.ClientTLSLayer):
         self.server_tls_available = isinstance(context.layers[-2], tls_layers.ServerTLSLayer)
         self.tunnel_state = tunnel.TunnelState.OPEN
         self._plaintext = plaintext
+        self._client_closed = client_closed
+        self._wakeup: commands.RequestWakeup | None = None
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
             yield from self.event_to_child(event)
-            if self._plaintext:
-                data, self._plaintext = self._plaintext, b""
-                yield from self.event_to_child(events.DataReceived(self.conn, data))
-            return
-        yield from super()._handle_event(event)
+            if self._plaintext or self._client_closed:
+                self._wakeup = commands.RequestWakeup(0)
+                yield self._wakeup
+        elif isinstance(event, events.Wakeup) and event.command is self._wakeup:
+            yield from self._deliver()
+        else:
+            if self._wakeup is not None and isinstance(event, events.ConnectionEvent):
+                yield from self._deliver()  # (the reader found the end of the stream before the wakeup came)
+            yield from super()._handle_event(event)
+
+    def _deliver(self) -> layer.CommandGenerator[None]:
+        self._wakeup = None
+        if self._plaintext:
+            data, self._plaintext = self._plaintext, b""
+            yield from self.event_to_child(events.DataReceived(self.conn, data))
+        if self._client_closed:  # as TLSLayer.receive_data does on a close_notify
+            self.conn.state &= ~connection.ConnectionState.CAN_READ
+            yield from self.event_to_child(events.ConnectionClosed(self.conn))
