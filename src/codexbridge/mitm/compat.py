@@ -195,6 +195,8 @@ def _fast_tls_problems() -> list[str]:
                                         ("establish_server_tls_first", "connection_strategy")),
         "ConnectionHandler.handle_client": (lambda: server.ConnectionHandler.handle_client,
                                             ('self.log("client connect")', "ClientConnectedHook")),
+        "ConnectionHandler.server_event": (lambda: server.ConnectionHandler.server_event,
+                                           ("commands.RequestWakeup", "self.wakeup(")),
     }
     for what, (get, needles) in sources.items():
         try:
