@@ -186,6 +186,13 @@ async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
     GET, or when the head does not come complete within HEAD_LIMIT bytes and HEAD_WAIT seconds."""
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]  # asyncio's buffer, read in place (checked at load)
     try:
+        if not buffer:
+            read_now(reader)
+    except (RuntimeError, OSError):
+        return None
+    if buffer[:4] == b"GET " and (end := buffer.find(b"\r\n\r\n")) >= 0:
+        return bytes(buffer[:end + 4])  # the usual case (the head came with the connection): no timer to set
+    try:
         async with asyncio.timeout(HEAD_WAIT):
             while True:
                 if buffer[:4] != b"GET "[:len(buffer)]:
@@ -235,10 +242,12 @@ def _bridged_request(head: bytes, mode: mode_specs.ReverseMode) -> http.Request 
     """The request as mitmproxy's reverse proxy would make it, if it is a GET upgrade on the Codex path (else None)."""
     line_end = head.find(b"\r\n")
     target = head[4:line_end].rpartition(b" ")[0]
-    if target.partition(b"?")[0].rstrip(b"/") != taking.path or b"websocket" not in head.lower():
+    lower = head.lower()
+    if target.partition(b"?")[0].rstrip(b"/") != taking.path or b"websocket" not in lower:
         return None
     request = _read_head(_LINES.split(head[:-4]))
-    if request is None or http1.expected_http_body_size(request) != 0:
+    if request is None or ((b"transfer-encoding" in lower or b"content-length" in lower)  # (without either, a
+                           and http1.expected_http_body_size(request) != 0):  # request has no body)
         return None
     scheme = mode.scheme
     host, port = mode.address
