@@ -122,12 +122,17 @@ def newest(where: Path, count: int) -> Path:
 
 def normalised(recording: Path) -> list[Any]:
     """A recording without its times and ids, with the upstream's bytes and the relayed count summed per stretch
-    (how a stream is cut into reads differs from one run to the next)."""
+    (how a stream is cut into reads differs from one run to the next), and the upstream streams' ends gathered at
+    the end (a stream's end races the client's next frame, its close and even the next response's first reads)."""
     lines: list[Any] = []
+    ends: list[Any] = []
     for raw in recording.read_text().splitlines():
         record = json.loads(VOLATILE.sub(lambda m: m.group(1) or m.group(2) or m.group(3) or "msg", raw))
         for volatile in ("t", "started_at"):
             record.pop(volatile, None)
+        if record.get("kind") == "upstream_end":
+            ends.append(record)
+            continue
         if record.get("kind") in ("upstream_chunk", "to_client"):  # interleaved as the reads came: summed per stretch
             if not lines or lines[-1].get("kind") != "stream":
                 lines.append({"kind": "stream", "text": "", "relayed": 0, "synthetic": 0})
@@ -136,14 +141,7 @@ def normalised(recording: Path) -> list[Any]:
             lines[-1]["synthetic"] += bool(record.get("synthetic"))
             continue
         lines.append(record)
-    ordered: list[Any] = []
-    for line in lines:  # an upstream stream's end races the client's next frame or close: put right after its stream
-        if line.get("kind") == "upstream_end":
-            at = max((i for i, x in enumerate(ordered) if x.get("kind") in ("stream", "upstream_end")), default=-1)
-            ordered.insert(at + 1, line)
-        else:
-            ordered.append(line)
-    return ordered
+    return lines + ends
 
 
 def flows(where: Path) -> list[Any]:
