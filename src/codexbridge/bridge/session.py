@@ -117,18 +117,23 @@ class BridgeSession:
     # The session's state from the handshake's headers, made when first used: a connection storm waits for each
     # upgrade's 101, not for this.
 
-    @cached_property
-    def handshake_headers(self) -> list[tuple[str, str]]:
-        return list(self._handshake)
+    def _from_handshake(self) -> None:
+        """Both values from the handshake's headers at once; the headers are not kept (~2 KB per idle session)."""
+        headers = list(self._handshake)
+        self._handshake = ()
+        self.__dict__["request_headers"] = upstream_request_headers(headers)
+        self.__dict__["codex_client"] = is_codex_client(headers)
 
     @cached_property
     def request_headers(self) -> list[tuple[str, str]]:
-        return upstream_request_headers(self.handshake_headers)
+        self._from_handshake()
+        return self.__dict__["request_headers"]
 
     @cached_property
     def codex_client(self) -> bool:
         """Gets the Codex events of each POST answer."""
-        return is_codex_client(self.handshake_headers)
+        self._from_handshake()
+        return self.__dict__["codex_client"]
 
     @cached_property
     def downstream(self) -> Downstream:

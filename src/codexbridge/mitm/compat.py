@@ -78,7 +78,7 @@ def _fast_path_problems() -> list[str]:
     except (AttributeError, OSError, TypeError):
         problems.append("ServerInstance.handle_stream cannot be inspected")
     handler = getattr(mode_servers, "ProxyConnectionHandler", None)
-    for name in ("handle_client", "server_event", "handle_hook"):
+    for name in ("handle_client", "server_event", "handle_hook", "on_timeout"):
         if not callable(getattr(handler, name, None)):
             problems.append(f"ProxyConnectionHandler.{name} is missing")
     needed = {
@@ -88,7 +88,7 @@ def _fast_path_problems() -> list[str]:
         "server_hooks": (server_hooks, ("ClientConnectedHook", "ClientDisconnectedHook")),
         "commands": (commands, ("SendData", "CloseConnection", "StartHook", "Log", "ConnectionCommand")),
         "events": (events, ("Start", "DataReceived", "ConnectionClosed", "HookCompleted")),
-        "server": (server, ("ConnectionIO",)),
+        "server": (server, ("ConnectionIO", "TimeoutWatchdog")),
         "mode_specs": (mode_specs, ("ReverseMode",)),
         "connection": (connection, ("Client", "ConnectionState")),
     }

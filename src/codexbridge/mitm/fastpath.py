@@ -329,7 +329,6 @@ class FastConnection:
     async def serve(self) -> bool:
         """Serves the connection to its end; False when it turned out not to be a bridged upgrade and was given back
         to mitmproxy's handler (only over TLS, before any request hook ran)."""
-        stock_watchdog = self.handler.timeout_watchdog
         self.timeout_watchdog = self.handler.timeout_watchdog = _Watchdog(  # type: ignore[assignment]  # the same interface
             ctx.options.tcp_timeout, self._timed_out)
         self._lock = asyncio.Lock()
@@ -348,7 +347,9 @@ class FastConnection:
                 if begun is None:
                     handed_back = True
                     self.timeout_watchdog.cancel()
-                    self.handler.timeout_watchdog = stock_watchdog
+                    # (a new one: keeping mitmproxy's own for the connection's life cost ~1 KB per session)
+                    self.handler.timeout_watchdog = server.TimeoutWatchdog(ctx.options.tcp_timeout,
+                                                                          self.handler.on_timeout)
                     return False
                 if begun and await self._answer():
                     await self._read()
