@@ -219,13 +219,6 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def native_upstream(module_tmp: Path) -> Iterator[Upstream]:
-    up = start_upstream(module_tmp, "--websocket")
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
 def bridged_upstream(module_tmp: Path) -> Iterator[Upstream]:
     """The bridged leg's own SSE-only upstream (the HTTP leg's runs at the same time): same program, same flags."""
     up = start_upstream(module_tmp)
@@ -290,14 +283,14 @@ def first_session_limit(reference: CodexResult, first: CodexResult) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.scenario.name for c in CASES])
 def test_bridged_codex_sees_what_http_codex_sees(case: Case, version: str, tmp_path: Path, upstream: Upstream,
                                                   bridged_upstream: Upstream, bridged_bridge: Mitmdump,
-                                                  native_upstream: Upstream) -> None:
+                                                  ws_upstream: Upstream) -> None:
     binary = need_codex(version)
     # the three legs share nothing (an upstream each, Codex homes of their own): they run at the same time
     with ThreadPoolExecutor(3) as pool:
         upstream.reset()
         http = pool.submit(CodexLeg(binary, upstream.url + "/v1", False, tmp_path).run, case.scenario,
                            upstream.requests)
-        native = pool.submit(run_native, case, binary, tmp_path, native_upstream)
+        native = pool.submit(run_native, case, binary, tmp_path, ws_upstream)
         bridged = pool.submit(run_bridged, case, binary, tmp_path, bridged_upstream, bridged_bridge)
         results = {HTTP: http.result(), NATIVE: native.result()[0]}
         results[BRIDGED], first, fallback_posts = bridged.result()

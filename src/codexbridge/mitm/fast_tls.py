@@ -194,12 +194,9 @@ class FastTLSConnection(fastpath.FastConnection):
         try:
             async with asyncio.timeout(fastpath.HEAD_WAIT):
                 while True:
-                    if plaintext[:4] != b"GET "[:len(plaintext)]:
-                        return None
-                    end = plaintext.find(b"\r\n\r\n")
-                    if end >= 0:
-                        return bytes(plaintext[:end + 4])
-                    if len(plaintext) > fastpath.HEAD_LIMIT or self.client_closed:
+                    if head := fastpath.whole_head(plaintext):
+                        return head
+                    if not fastpath.may_become_head(plaintext) or self.client_closed:
                         return None
                     data = await self._read_some()
                     if not data:
@@ -208,20 +205,18 @@ class FastTLSConnection(fastpath.FastConnection):
         except TimeoutError:
             return None
 
-    def _decrypt(self, data: bytes, flush: bool = True) -> bool:
+    def _decrypt(self, data: bytes, flush: bool = True) -> None:
         """Adds what `data` decrypts to to self.plaintext (mitmproxy's TLSLayer.receive_data, then what the TLS
-        connection has for the client written unless `flush` is False); False once the client sent its close_notify."""
+        connection has for the client written unless `flush` is False); a close_notify sets self.client_closed."""
         tls = self.tls
         if data:
             tls.bio_write(data)
-        open_ = True
         while True:
             try:
                 self.plaintext += tls.recv(65535)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
-                open_ = False
                 self.client_closed = True
                 break
             except SSL.Error as e:
@@ -229,7 +224,6 @@ class FastTLSConnection(fastpath.FastConnection):
                 break
         if flush:
             self._flush()
-        return open_
 
     def _flush(self) -> None:
         """Writes what the TLS connection has for the client (handshake flights, alerts, tickets)."""
@@ -262,12 +256,12 @@ class FastTLSConnection(fastpath.FastConnection):
         return True
 
     async def _received(self, data: bytes) -> bool:
-        open_ = self._decrypt(data)
+        self._decrypt(data)
         if self.plaintext:
             plaintext = bytes(self.plaintext)
             self.plaintext.clear()
             await self.server_event(events.DataReceived(self.client, plaintext))
-        return open_
+        return not self.client_closed
 
     async def _end(self, shown: bool, peer: dict[str, Any]) -> None:
         clients.pop(self.client.id, None)

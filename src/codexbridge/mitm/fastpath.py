@@ -181,6 +181,18 @@ def bridged_flow(handler: Handler, mode: mode_specs.ReverseMode, head: bytes, de
     return None
 
 
+def whole_head(buffer: bytes | bytearray) -> bytes:
+    """The GET request head at the start of `buffer` when it is there whole; b"" when it is not (yet)."""
+    if buffer[:4] == b"GET " and (end := buffer.find(b"\r\n\r\n")) >= 0:
+        return bytes(buffer[:end + 4])
+    return b""
+
+
+def may_become_head(buffer: bytes | bytearray) -> bool:
+    """Whether more bytes could still make `buffer` a whole GET head within HEAD_LIMIT."""
+    return buffer[:4] == b"GET "[:len(buffer)] and len(buffer) <= HEAD_LIMIT
+
+
 async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
     """The request head at the start of the reader's buffer, left there; None as soon as the first bytes are not a
     GET, or when the head does not come complete within HEAD_LIMIT bytes and HEAD_WAIT seconds."""
@@ -190,17 +202,14 @@ async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
             read_now(reader)
     except (RuntimeError, OSError):
         return None
-    if buffer[:4] == b"GET " and (end := buffer.find(b"\r\n\r\n")) >= 0:
-        return bytes(buffer[:end + 4])  # the usual case (the head came with the connection): no timer to set
+    if head := whole_head(buffer):
+        return head  # the usual case (the head came with the connection): no timer to set
     try:
         async with asyncio.timeout(HEAD_WAIT):
             while True:
-                if buffer[:4] != b"GET "[:len(buffer)]:
-                    return None
-                end = buffer.find(b"\r\n\r\n")
-                if end >= 0:
-                    return bytes(buffer[:end + 4])
-                if len(buffer) > HEAD_LIMIT or reader.at_eof():
+                if head := whole_head(buffer):
+                    return head
+                if not may_become_head(buffer) or reader.at_eof():
                     return None
                 if not buffer and read_now(reader):
                     continue
