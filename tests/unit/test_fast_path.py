@@ -107,3 +107,80 @@ def test_the_internals_check_covers_what_the_fast_path_over_tls_relies_on(monkey
     monkeypatch.setattr(next_layer.NextLayer, "_setup_reverse_proxy", staticmethod(lambda context, data: None))
     with pytest.raises(IncompatibleMitmproxy, match="reverse-mode stack is not what the fast path over TLS reproduces"):
         check_internals()
+
+
+
+async def _resumed_at_feed(wait: str) -> tuple[list[str], bytes]:
+    """What a task waiting for a reader's bytes (by `wait`) had done when the feed_data call that woke it returned;
+    the call made from a plain callback, as a socket's data_received makes it."""
+    reader = asyncio.StreamReader()
+    seen: list[str] = []
+
+    async def handshake() -> bytes:
+        if wait == "ours":
+            await fastpath.wait_for_bytes(reader)
+        else:
+            await reader._wait_for_data("stock")  # type: ignore[attr-defined]
+        seen.append("resumed")
+        return await reader.read(100)
+
+    task = asyncio.create_task(handshake())
+    await asyncio.sleep(0)
+    at_feed: list[str] = []
+
+    def data_received() -> None:
+        reader.feed_data(b"flight")
+        at_feed.extend(seen)
+
+    asyncio.get_running_loop().call_soon(data_received)
+    return at_feed, await task
+
+
+def test_a_waiting_handshake_resumes_inside_the_callback_that_fed_it() -> None:
+    """A TLS client's next flight is handled in the loop turn it arrives in, not a turn later (asyncio's own wait)."""
+    assert asyncio.run(_resumed_at_feed("ours")) == (["resumed"], b"flight")
+    assert asyncio.run(_resumed_at_feed("stock")) == ([], b"flight")
+
+
+def test_the_wait_ends_as_asyncios_own_does() -> None:
+    async def go() -> None:
+        reader = asyncio.StreamReader()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await fastpath.wait_for_bytes(reader)
+        assert reader._waiter is None  # type: ignore[attr-defined]  # (a later wait may begin)
+        reader.feed_data(b"half a ClientHello")
+        asyncio.get_running_loop().call_later(0.01, reader.feed_data, b", the rest")
+        await fastpath.wait_for_bytes(reader)  # for more than the buffer holds, as asyncio's own wait
+        assert await reader.read(100) == b"half a ClientHello, the rest"
+        asyncio.get_running_loop().call_soon(reader.feed_eof)
+        await fastpath.wait_for_bytes(reader)
+        assert reader.at_eof()
+
+        failing = asyncio.StreamReader()
+        asyncio.get_running_loop().call_soon(failing.set_exception, ConnectionResetError("reset"))
+        with pytest.raises(ConnectionResetError):
+            await fastpath.wait_for_bytes(failing)
+
+        fed_in_a_task = asyncio.StreamReader()
+        waiting = asyncio.create_task(fastpath.wait_for_bytes(fed_in_a_task))
+        await asyncio.sleep(0)
+        fed_in_a_task.feed_data(b"x")  # from inside this task: the waiter resumes later, as with a future
+        assert not waiting.done()
+        await waiting
+        with pytest.raises(RuntimeError, match="already waiting"):
+            both = asyncio.StreamReader()
+            first = asyncio.create_task(fastpath.wait_for_bytes(both))
+            await asyncio.sleep(0)
+            try:
+                await fastpath.wait_for_bytes(both)
+            finally:
+                first.cancel()
+
+    asyncio.run(go())
+
+
+def test_the_internals_check_covers_the_readers_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio.StreamReader, "_wakeup_waiter", lambda self: None)
+    with pytest.raises(IncompatibleMitmproxy, match="_wakeup_waiter no longer completes its waiter"):
+        check_internals()

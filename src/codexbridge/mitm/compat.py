@@ -100,9 +100,12 @@ def _fast_path_problems() -> list[str]:
         problems.append("flow.Error.KILLED_MESSAGE is missing")
     reader = asyncio.StreamReader
     source = inspect.getsource(reader.__init__)
-    if not callable(getattr(reader, "_wait_for_data", None)) or "_buffer" not in source or "_transport" not in source:
-        problems.append("asyncio.StreamReader._buffer/_transport/_wait_for_data (read in place by the fast path) are "
-                        "missing")
+    fields = ("_buffer", "_transport", "_waiter", "_paused", "_eof", "_loop")
+    if not callable(getattr(reader, "_wakeup_waiter", None)) or not all(f"self.{name} =" in source for name in fields):
+        problems.append("asyncio.StreamReader's _buffer/_transport/_waiter/_paused/_eof/_loop/_wakeup_waiter (read "
+                        "in place, and waited on, by the fast path) are missing")
+    elif "waiter.set_result(None)" not in inspect.getsource(reader._wakeup_waiter):  # type: ignore[attr-defined]
+        problems.append("asyncio.StreamReader._wakeup_waiter no longer completes its waiter with set_result(None)")
     from mitmproxy.addons import tlsconfig
     from mitmproxy.net import tls as net_tls
     from OpenSSL import SSL

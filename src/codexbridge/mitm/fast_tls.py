@@ -60,7 +60,7 @@ async def take(handler: fastpath.Handler, mode: mode_specs.ReverseMode,
                     break
                 if len(buffer) > fastpath.HEAD_LIMIT or reader.at_eof():
                     return None
-                await reader._wait_for_data("codexbridge")  # type: ignore[attr-defined]  # (checked at load)
+                await fastpath.wait_for_bytes(reader)
     except (TimeoutError, RuntimeError, OSError):
         return None
     received = await reader.readexactly(len(buffer))  # at once: the bytes are in the buffer
@@ -181,8 +181,8 @@ class FastTLSConnection(fastpath.FastConnection):
         follows the client's Finished at once), so that the upgrade does not wait two more loop turns for them."""
         reader = self.reader
         try:
-            if not reader._buffer:  # type: ignore[attr-defined]  # (checked at load)
-                fastpath.read_now(reader)
+            if not reader._buffer and not fastpath.read_now(reader):  # type: ignore[attr-defined]  # (checked at load)
+                await fastpath.wait_for_bytes(reader)
             return await reader.read(65535)
         except OSError:
             return b""

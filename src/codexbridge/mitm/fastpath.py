@@ -213,9 +213,104 @@ async def _peek_head(reader: asyncio.StreamReader) -> bytes | None:
                     return None
                 if not buffer and read_now(reader):
                     continue
-                await reader._wait_for_data("codexbridge")  # type: ignore[attr-defined]  # asyncio's own wait for more bytes, nothing consumed (checked at load)
+                await wait_for_bytes(reader)
     except (TimeoutError, RuntimeError, OSError):
         return None
+
+
+class _WakeNow:
+    """A future the reader's feed_data completes, as asyncio's own wait would, except that the waiting task resumes
+    inside that call (in the socket's callback) instead of a loop turn later: before the 101, each of a TLS client's
+    flights would otherwise wait for the rest of a loop turn, as long as the loop's other work under load.
+
+    Future-like by asyncio's protocol (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel), so a
+    task awaits it as it awaits any future. Inside a running task (a reader fed from one) it wakes as a future does."""
+
+    __slots__ = ("_asyncio_future_blocking", "_loop", "_callbacks", "_state", "_error")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = loop
+        self._callbacks: list[tuple[Callable[[Any], object], Any]] = []
+        self._state = "pending"  # pending, done, cancelled
+        self._error: BaseException | None = None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != "pending"
+
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        if self._state != "pending":
+            self._loop.call_soon(fn, self, context=context)
+        else:
+            self._callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        before = len(self._callbacks)
+        self._callbacks = [(f, c) for f, c in self._callbacks if f != fn]
+        return before - len(self._callbacks)
+
+    def result(self) -> None:
+        if self._state == "cancelled":
+            raise asyncio.CancelledError
+        if self._error is not None:
+            raise self._error
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def set_result(self, _: object) -> None:
+        self._finish("done", now=asyncio.current_task(self._loop) is None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._finish("done", now=False)
+
+    def cancel(self, msg: object = None) -> bool:
+        if self._state != "pending":
+            return False
+        self._finish("cancelled", now=False)
+        return True
+
+    def _finish(self, state: str, now: bool) -> None:
+        if self._state != "pending":
+            return
+        self._state = state
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, context in callbacks:
+            if now:
+                context.run(fn, self) if context is not None else fn(self)
+            else:
+                self._loop.call_soon(fn, self, context=context)
+
+    def __await__(self) -> Any:
+        if self._state == "pending":
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+
+async def wait_for_bytes(reader: asyncio.StreamReader) -> None:
+    """StreamReader._wait_for_data (more bytes than the buffer holds, or the end), but the task resumes in the
+    callback that fed them (see _WakeNow)."""
+    r: Any = reader  # (its private fields: checked at load)
+    if r._eof:
+        return
+    if r._waiter is not None:
+        raise RuntimeError("wait_for_bytes() called while another coroutine is already waiting for incoming data")
+    if r._paused:
+        r._paused = False
+        r._transport.resume_reading()
+    r._waiter = _WakeNow(r._loop)
+    try:
+        await r._waiter
+    finally:
+        r._waiter = None
 
 
 def read_now(reader: asyncio.StreamReader) -> bool:
