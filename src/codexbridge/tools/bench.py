@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import random
 import resource
 import shutil
 import ssl
@@ -930,15 +931,19 @@ class Runner:
                 slot.release()
 
         async def probe() -> None:
-            """Open loop: a new upgrade every handshake_gap s while the load runs, whether or not the previous
-            one is done (at most 32 outstanding), so a stalled period weighs by its duration."""
+            """Open loop: one new upgrade at a random moment of every handshake_gap s slot while the load runs,
+            whether or not the previous one is done (at most 32 outstanding), so a stalled period weighs by its
+            duration. The moment is random because the load is periodic (a delta every pace_ms): probes a fixed
+            gap apart keep one phase against it for a whole run, and the run's p50 then follows that phase."""
             slot = asyncio.Semaphore(32)
             launched: list[asyncio.Task[None]] = []
             loop = asyncio.get_running_loop()
             start = loop.time()
+            arrival = random.Random()
             while not stop.is_set() and len(launched) < p.handshake_max:
+                at = start + (len(launched) + arrival.random()) * p.handshake_gap
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, start + (len(launched) + 1) * p.handshake_gap - loop.time())):
+                    async with asyncio.timeout(max(0.0, at - loop.time())):
                         await stop.wait()
                 if stop.is_set():
                     break
