@@ -18,7 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from codexbridge.tools.bench import SseClient, WsClient, free_port
+from codexbridge.tools.bench import SseClient, WsClient
+from codexbridge.tools.procs import free_port
 
 RELAY = textwrap.dedent('''
     import asyncio, sys

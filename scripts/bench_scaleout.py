@@ -37,7 +37,6 @@ from codexbridge.tools.bench import (
     WsClient,
     busy_seconds,
     cpu_seconds,
-    free_port,
     machine_info,
     median,
     pct,
@@ -45,6 +44,7 @@ from codexbridge.tools.bench import (
     start_child,
 )
 from codexbridge.tools.cluster import Cluster, child_pids, mitmdump_command
+from codexbridge.tools.procs import free_port
 
 CONFIGS = {"a": "a direct (SSE)", "d": "d 1 worker, no nginx", "b": "b nginx + 1 worker", "c": "c nginx + 2 workers"}
 

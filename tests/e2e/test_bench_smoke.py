@@ -13,7 +13,7 @@ from support import BIN
 
 WORKLOADS = ("burst", "paced", "first", "handshake", "idle", "storm")
 SSE_ONLY = ("burst", "paced", "first")  # no upgrade handshake and no pings over POST + SSE
-CONFIGS = {"a_sse": SSE_ONLY, "a_ws": WORKLOADS, "b_sse": SSE_ONLY, "b_ws": WORKLOADS, "c": WORKLOADS,
+CONFIGS = {"a_sse": SSE_ONLY, "a_ws": WORKLOADS, "a_wss": ("paced", "handshake"), "b_sse": SSE_ONLY, "b_ws": WORKLOADS, "c": WORKLOADS,
            "d": WORKLOADS, "e": WORKLOADS, "f": WORKLOADS,
            "g": ("burst", "paced")}  # a quick run measures g only where its paired figures are
 PAIRED = {"d": ("recording_cost", "recording_cpu"), "f": ("tls_cpu",),  # against the reference bridge
@@ -28,7 +28,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "codexbridge bench" in proc.stdout and "targets" in proc.stdout, proc.stdout
-    for label in ("a direct SSE", "a direct WS", "b mitmproxy WS", "c bridge", "d bridge+rec", "e passthrough",
+    for label in ("a direct SSE", "a direct WS", "a direct WS TLS", "b mitmproxy WS", "c bridge", "d bridge+rec", "e passthrough",
                   "f bridge TLS", "g bridge+metrics"):
         assert label in proc.stdout
 

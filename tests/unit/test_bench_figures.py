@@ -23,3 +23,14 @@ def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert pct(values, 50) == 50.0 and pct(values, 95) == 95.0 and pct(values, 100) == 100.0
     assert pct([], 50) is None
+
+
+def test_the_probes_of_several_paced_runs_are_pooled() -> None:
+    from codexbridge.tools.bench import merge_probes
+
+    first = {"p50_ms": 2.0, "raw_ms": [1.0, 2.0, 3.0], "errors": ["x"], "error_count": 1, "n": 3}
+    second = {"p50_ms": 40.0, "raw_ms": [40.0, 50.0], "errors": [], "error_count": 0, "n": 2}
+    both = merge_probes(first, second)
+    assert both["raw_ms"] == [1.0, 2.0, 3.0, 40.0, 50.0] and both["n"] == 5 and both["rounds"] == 2
+    assert both["p50_ms"] == 3.0  # the pooled sample's median, not a median of the runs' medians
+    assert both["error_count"] == 1 and both["errors"] == ["x"]

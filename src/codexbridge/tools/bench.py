@@ -4,6 +4,8 @@ recording, and passthrough with keepalive, on loopback, in one run.
 Configurations (columns):
   a_sse  direct to the loopback upstream over POST + SSE (the bridge's baseline)
   a_ws   direct to the loopback upstream over its WebSocket mode (baseline of b_ws and e)
+  a_wss  a_ws with the client speaking TLS to the upstream (its own self-signed certificate): the baseline of f's
+         handshake under load (paced and handshake only)
   b_sse  plain mitmdump (no script, stream_large_bodies=1 so SSE is streamed) relaying POST + SSE
   b_ws   plain mitmdump relaying the WebSocket
   c      mitmdump -s bridge.py (codexbridge_mode=bridge): WebSocket in, POST + SSE out
@@ -15,7 +17,7 @@ Configurations (columns):
 
 Workloads (rows): burst (one session, N deltas as fast as possible), paced (S concurrent sessions of 100
 deltas 20 ms apart), first (time to first event over a warm connection), handshake (WebSocket upgrade
-latency while the paced load runs), idle (many idle sessions: RSS per session of the process that holds
+latency while the paced load runs; the probes of 3 paced runs pooled), idle (many idle sessions: RSS per session of the process that holds
 them, ping lateness measured by the client as arrival minus last activity plus the interval), storm (S
 clients open their connection at once: the time each waits for its upgrade).
 
@@ -60,7 +62,7 @@ from rich.table import Table
 from codexbridge import __version__
 from codexbridge.responses.events import TERMINAL_EVENTS, type_marker
 from codexbridge.tools.bench_servers import bench_request, dumps, ws_masked_frame
-from codexbridge.tools.procs import Child, child_pids, die_with_parent, free_port, free_ports, script_path
+from codexbridge.tools.procs import Child, child_pids, die_with_parent, free_ports, script_path
 
 perf = time.perf_counter
 READ = 1 << 18
@@ -512,19 +514,25 @@ class Config:
     pings: bool  # the idle workload sees pings
     tls: bool = False  # the client speaks TLS to the proxy
     quick_workloads: tuple[str, ...] | None = None  # a quick run measures only these (None: all that apply)
+    only: tuple[str, ...] | None = None  # the workloads this configuration measures at all (None: all that apply)
 
     def applies(self, workload: str) -> bool:
+        if self.only is not None and workload not in self.only:
+            return False
         return self.proto == "ws" or workload in ("burst", "paced", "first")
 
     def baseline_for(self, workload: str) -> str | None:
         if workload in ("handshake", "idle", "storm"):
-            return None if self.key == "a_ws" else "a_ws"
+            if self.key in ("a_ws", "a_wss"):
+                return None
+            return "a_wss" if self.tls and workload == "handshake" else "a_ws"
         return self.baseline
 
 
 CONFIGS = (
     Config("a_sse", "a", "a direct SSE", "sse", None, False),
     Config("a_ws", "a", "a direct WS", "ws", None, True),
+    Config("a_wss", "a", "a direct WS TLS", "ws", None, True, tls=True, only=("paced", "handshake")),
     Config("b_sse", "b", "b mitmproxy SSE", "sse", "a_sse", False),
     Config("b_ws", "b", "b mitmproxy WS", "ws", "a_ws", False),
     Config("c", "c", "c bridge", "ws", "a_sse", True),
@@ -554,6 +562,7 @@ class Params:
     ping_timeout: int = 2
     handshake_gap: float = 0.1  # one new client every 100 ms while the paced sessions stream
     handshake_max: int = 100
+    handshake_rounds: int = 3  # paced runs with probes: a run gives ~20 probes, too few for a steady p50
     open_concurrency: int = 64
     burst_budget_s: float = 30.0  # stop repeating a burst after this long (at least 3 repeats)
     settle_after_open_s: float = 1.0
@@ -585,7 +594,8 @@ def params_from(args: argparse.Namespace) -> Params:
     if args.quick:
         p = Params(burst=2000, burst_repeats=3, paired_bursts=2, paired_paced=1, storm=20, storm_rounds=1,
                    sessions=20, paced_deltas=25, repeats=20, idle=50, idle_hold=2.5,
-                   ping_interval=2, ping_timeout=1, handshake_gap=0.05, handshake_max=40, max_seconds=150.0,
+                   ping_interval=2, ping_timeout=1, handshake_gap=0.05, handshake_max=40, handshake_rounds=1,
+                   max_seconds=150.0,
                    burst_budget_s=10.0, settle_after_open_s=0.3, quiet_budget_s=0.0, quick=True, label="quick")
     for name, attr in (("burst", "burst"), ("sessions", "sessions"), ("repeats", "repeats"), ("idle", "idle")):
         value = getattr(args, name, None)
@@ -1153,6 +1163,14 @@ class Runner:
             client.close()
 
 
+def merge_probes(hs: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Two paced runs' handshake probes as one sample."""
+    raw = hs["raw_ms"] + more["raw_ms"]
+    return {**hs, "p50_ms": median(raw), "p90_ms": pct(raw, 90), "p99_ms": pct(raw, 99), "n": len(raw),
+            "raw_ms": raw, "errors": (hs["errors"] + more["errors"])[:20],
+            "error_count": hs["error_count"] + more["error_count"], "rounds": hs.get("rounds", 1) + 1}
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -1196,9 +1214,10 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
     bench_pid = os.getpid()
     keep = False  # the work directory (process logs) stays when something went wrong
     try:
-        up_port = free_port()
+        up_port, up_tls_port = free_ports(2)
         upstream = await start_child("upstream", [sys.executable, "-m", "codexbridge.tools.bench_servers", "--host", HOST,
-                                                   "--port", str(up_port)], up_port, workdir)
+                                                   "--port", str(up_port), "--tls-port", str(up_tls_port)],
+                                     up_port, workdir)
         children.append(upstream)
         # the upstream renders a burst once per size and caches it: do that before anything is measured
         for proto in ("sse", "ws"):
@@ -1295,6 +1314,8 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                 if scraper is not None:
                     scraper.ports = [port for port in scraper.ports if port != metrics_ports.get(f"{group}-idle")]
             for cfg in group_cfgs:
+                if cfg.key == "a_wss":
+                    port = up_tls_port
                 await runner.warm(cfg, port)
                 if group == "d" and mitm is not None:
                     for kid in child_pids(mitm.proc.pid):  # the recording worker: its CPU is part of d's cost
@@ -1312,6 +1333,11 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                 if want_paced or want_hs:
                     with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                         paced, hs = await runner.paced(cfg, port, probes=want_hs)
+                    for _ in range(p.handshake_rounds - 1 if hs is not None else 0):  # their probes pooled
+                        await prepare(pid if mitm else None)
+                        _, more = await runner.paced(cfg, port, probes=True)
+                        assert hs is not None and more is not None
+                        hs = merge_probes(hs, more)
                     if want_paced:
                         record(cfg, "paced", paced, watch)
                     if hs is not None:
@@ -1549,15 +1575,15 @@ def render(out: Console, p: Params, report: dict[str, Any]) -> None:
         "paced": f"paced: {p.sessions} sessions × {p.paced_deltas} deltas {p.pace_ms} ms apart, started together "
                  f"(ideal {p.paced_deltas * p.pace_ms / 1000:.2f} s)",
         "first": f"first: {p.repeats} turns on one warm connection",
-        "handshake": f"handshake: a new upgrade every {p.handshake_gap * 1000:.0f} ms (open loop) while the "
-                     f"{p.sessions} paced sessions stream",
+        "handshake": f"handshake: a new upgrade at a random moment of every {p.handshake_gap * 1000:.0f} ms (open "
+                     f"loop) while the {p.sessions} paced sessions stream, {p.handshake_rounds} such run(s) pooled",
         "idle": f"idle: {p.idle} sessions (one tiny turn each) held {p.idle_hold:g} s after all opened, pings every "
                 f"{p.ping_interval} s (a: the upstream pings; b: nobody pings); RSS of the process holding them",
         "storm": f"storm: {p.storm} clients connect at the same moment ({p.storm_rounds} round(s)); connect to 101",
     }
     out.print("[dim]" + "; ".join(what[w] for w in p.workloads) + ". Ratios: b SSE, c, d, f, g vs a SSE; b WS, e vs a WS; "
-              "handshake, idle and storm vs a WS. f: the client speaks TLS to the proxy. g: the bridge with "
-              f"codexbridge_metrics, its /metrics scraped every {SCRAPE_EVERY:g} s.[/dim]")
+              "handshake, idle and storm vs a WS (f's handshake vs a WS TLS). f: the client speaks TLS to the proxy. "
+              f"g: the bridge with codexbridge_metrics, its /metrics scraped every {SCRAPE_EVERY:g} s.[/dim]")
     m = report["machine"]
     walls = [(w["wall_s"], w.get("foreign_cpu_percent") or 0.0) for per in report["cpu"].values()
              for wl, w in per.items() if not (wl == "handshake" and "paced" in per)]

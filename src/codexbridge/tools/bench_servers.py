@@ -19,6 +19,8 @@ import asyncio
 import json
 import os
 import signal
+import ssl
+import tempfile
 from collections.abc import Awaitable, Callable
 from itertools import count
 from urllib.parse import parse_qs, urlsplit
@@ -360,8 +362,46 @@ class _WsConn:
             self.timer = None
 
 
-async def serve(host: str, port: int) -> None:
+def self_signed_context(host: str) -> ssl.SSLContext:
+    """A server context with a fresh self-signed RSA-2048 certificate for `host` (and localhost)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    try:
+        alt.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        pass
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=7)).add_extension(x509.SubjectAlternativeName(alt), False)
+            .sign(key, hashes.SHA256()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="codexbridge-bench-tls-") as folder:
+        pem = os.path.join(folder, "cert.pem")
+        with open(pem, "wb") as out:
+            out.write(cert.public_bytes(serialization.Encoding.PEM))
+            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        context.load_cert_chain(pem)
+    return context
+
+
+async def serve(host: str, port: int, tls_port: int | None = None) -> None:
     upstream = BenchUpstream()
+    tls_server = None
+    if tls_port is not None:  # (first: the plain port accepting means that both do)
+        tls_server = await asyncio.start_server(upstream.handle, host, tls_port, backlog=4096, limit=MAX_HEAD,
+                                                ssl=self_signed_context(host))
+        print(f"bench upstream listening on https://{host}:{tls_server.sockets[0].getsockname()[1]}", flush=True)
     bound = await upstream.start(host, port)
     print(f"bench upstream listening on http://{host}:{bound}", flush=True)
     stop = asyncio.Event()
@@ -371,16 +411,19 @@ async def serve(host: str, port: int) -> None:
     await stop.wait()
     assert upstream.server is not None
     upstream.server.close()
+    if tls_server is not None:
+        tls_server.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-port", type=int, default=None, help="also listen over TLS on this port")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         parser.error("the bench upstream listens on loopback only")
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.tls_port))
 
 
 if __name__ == "__main__":
