@@ -1314,9 +1314,8 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                 if scraper is not None:
                     scraper.ports = [port for port in scraper.ports if port != metrics_ports.get(f"{group}-idle")]
             for cfg in group_cfgs:
-                if cfg.key == "a_wss":
-                    port = up_tls_port
-                await runner.warm(cfg, port)
+                cfg_port = up_tls_port if cfg.key == "a_wss" else port  # (a_wss: the upstream's TLS port)
+                await runner.warm(cfg, cfg_port)
                 if group == "d" and mitm is not None:
                     for kid in child_pids(mitm.proc.pid):  # the recording worker: its CPU is part of d's cost
                         pids["recorder"] = kid
@@ -1324,18 +1323,18 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                     if p.runs(cfg, workload):
                         with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
                             if workload == "burst":
-                                figures = await runner.burst(cfg, port, pid if mitm else None)
+                                figures = await runner.burst(cfg, cfg_port, pid if mitm else None)
                             else:
-                                figures = await runner.first(cfg, port)
+                                figures = await runner.first(cfg, cfg_port)
                         record(cfg, workload, figures, watch)
                 want_paced = p.runs(cfg, "paced")
                 want_hs = p.runs(cfg, "handshake")
                 if want_paced or want_hs:
                     with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
-                        paced, hs = await runner.paced(cfg, port, probes=want_hs)
+                        paced, hs = await runner.paced(cfg, cfg_port, probes=want_hs)
                     for _ in range(p.handshake_rounds - 1 if hs is not None else 0):  # their probes pooled
                         await prepare(pid if mitm else None)
-                        _, more = await runner.paced(cfg, port, probes=True)
+                        _, more = await runner.paced(cfg, cfg_port, probes=True)
                         assert hs is not None and more is not None
                         hs = merge_probes(hs, more)
                     if want_paced:
@@ -1346,7 +1345,7 @@ async def run_all(p: Params, progress: Progress, say: Callable[[str], None]) -> 
                         record(cfg, "handshake", hs, watch)
                 if p.runs(cfg, "storm"):
                     with Watch(pids, ours, await prepare(pid if mitm else None)) as watch:
-                        figures = await runner.storm(cfg, port, pid if mitm else None)
+                        figures = await runner.storm(cfg, cfg_port, pid if mitm else None)
                     record(cfg, "storm", figures, watch)
             ref = proxies.get("ref") if group in PAIRED_GROUPS else None
             if ref is not None and mitm is not None:
